@@ -1,0 +1,108 @@
+"""One live branch, as a user's test or script sees it."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+
+from .conninfo import ServerAddress
+from .errors import DbBranchError
+from .settings import Settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
+    from .manager import BranchManager
+
+
+class Branch:
+    """A branch's name and URLs, its connection, and a way to migrate it further.
+
+    ``connection`` is opened on first use and closed (with any engine) before the branch
+    is dropped, so teardown never has to terminate a session we opened ourselves.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        address: ServerAddress,
+        settings: Settings,
+        manager: BranchManager,
+        revision: str,
+    ) -> None:
+        self.name = name
+        self.revision = revision
+        self.settings = settings
+        self.failed = False
+        self._address = address
+        self._manager = manager
+        self._connection: psycopg.Connection[Any] | None = None
+        self._engine: Engine | None = None
+        self._extra: list[psycopg.Connection[Any]] = []
+
+    def __repr__(self) -> str:
+        return f"<Branch {self.name} at {self.display_url}>"
+
+    @property
+    def conninfo(self) -> str:
+        """libpq keyword string, password included: for connecting, not for printing."""
+        return self._address.conninfo(self.name)
+
+    @property
+    def url(self) -> str:
+        return self._address.url(self.name)
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        return self._address.sqlalchemy_url(self.name)
+
+    @property
+    def display_url(self) -> str:
+        """The URL with the password replaced by ``***``: safe for logs and reports."""
+        return self._address.display_url(self.name)
+
+    @property
+    def connection(self) -> psycopg.Connection[Any]:
+        if self._connection is None or self._connection.closed:
+            self._connection = self.connect()
+        return self._connection
+
+    def connect(self, **kwargs: Any) -> psycopg.Connection[Any]:
+        """A new connection to this branch; closed for you at teardown if still open."""
+        conn = psycopg.connect(self.conninfo, **kwargs)
+        self._extra.append(conn)
+        return conn
+
+    def engine(self, **kwargs: Any) -> Engine:
+        """A SQLAlchemy engine (psycopg 3 driver) bound to this branch, disposed at teardown."""
+        if self._engine is None:
+            from sqlalchemy import create_engine
+
+            self._engine = create_engine(self.sqlalchemy_url, **kwargs)
+        return self._engine
+
+    def upgrade(self, revision: str = "head") -> None:
+        """Run Alembic on this branch: seed rows at an old revision, upgrade, assert."""
+        conn = self._connection
+        if conn is not None and not conn.closed:
+            if conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS:
+                raise DbBranchError(
+                    f"branch {self.name}: commit or roll back the open transaction on the "
+                    "fixture connection before upgrade(); its locks would block the migration"
+                )
+        self._manager.upgrade_branch(self, revision)
+        self.revision = revision
+
+    def close(self) -> None:
+        """Close every client resource we handed out."""
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+        for conn in self._extra:
+            if not conn.closed:
+                with contextlib.suppress(psycopg.Error):
+                    conn.close()
+        self._extra.clear()
+        self._connection = None

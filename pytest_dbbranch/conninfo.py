@@ -1,0 +1,116 @@
+"""Connection parameters of a server, and the URLs we hand out for a branch.
+
+Passwords live only inside ``ServerAddress``; everything printed goes through
+``display_url`` so a secret never reaches a terminal, a report or an exception message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+import psycopg.conninfo
+
+from .errors import ConfigError
+
+_URL_SCHEMES = ("postgresql://", "postgres://", "postgresql+psycopg://", "postgresql+psycopg2://")
+
+
+@dataclass(frozen=True)
+class ServerAddress:
+    """Where the server is and who we are on it; ``dbname`` is the maintenance database."""
+
+    host: str | None = None
+    port: int | None = None
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    dbname: str = "postgres"
+    options: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def parse(cls, text: str, where: str = "--dbbranch-url") -> ServerAddress:
+        """Accept a URL or a libpq keyword string; reject anything else up front."""
+        raw = text.strip()
+        looks_like_url = raw.startswith(_URL_SCHEMES)
+        looks_like_keywords = "=" in raw and "://" not in raw
+        if not (looks_like_url or looks_like_keywords):
+            raise ConfigError(
+                f"{where}: {redact_text(raw, None)!r} is not a PostgreSQL URL; expected "
+                "postgresql://user:password@host:port/dbname or 'host=... dbname=...'"
+            )
+        if raw.startswith("postgresql+"):
+            raw = "postgresql://" + raw.split("://", 1)[1]
+        try:
+            params: dict[str, Any] = psycopg.conninfo.conninfo_to_dict(raw)
+        except psycopg.ProgrammingError as exc:
+            raise ConfigError(f"{where}: cannot parse the URL ({_strip(exc, raw)})") from None
+        port_text = params.pop("port", None)
+        try:
+            port = int(port_text) if port_text not in (None, "") else None
+        except ValueError:
+            raise ConfigError(f"{where}: port {port_text!r} is not a number") from None
+        return cls(
+            host=params.pop("host", None) or None,
+            port=port,
+            user=params.pop("user", None) or None,
+            password=params.pop("password", None),
+            dbname=params.pop("dbname", None) or "postgres",
+            options=tuple(sorted((str(k), str(v)) for k, v in params.items())),
+        )
+
+    def kwargs(self, dbname: str | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = dict(self.options)
+        out["dbname"] = dbname or self.dbname
+        for key in ("host", "port", "user", "password"):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = value
+        return out
+
+    def conninfo(self, dbname: str | None = None) -> str:
+        """libpq keyword string with the password: for psycopg.connect, never for printing."""
+        return psycopg.conninfo.make_conninfo(**self.kwargs(dbname))
+
+    def url(self, dbname: str | None = None, *, scheme: str = "postgresql", hide: bool = False) -> str:
+        auth = ""
+        if self.user:
+            auth = quote(self.user, safe="")
+            if self.password:
+                auth += ":" + ("***" if hide else quote(self.password, safe=""))
+            auth += "@"
+        host = self.host or ""
+        query_items = list(self.options)
+        if host.startswith("/"):
+            query_items.append(("host", host))
+            host = ""
+        elif ":" in host:
+            host = f"[{host}]"
+        netloc = auth + host + (f":{self.port}" if self.port else "")
+        query = "&".join(f"{quote(k)}={quote(v, safe='')}" for k, v in query_items)
+        path = quote(dbname or self.dbname, safe="")
+        return f"{scheme}://{netloc}/{path}" + (f"?{query}" if query else "")
+
+    def sqlalchemy_url(self, dbname: str | None = None) -> str:
+        return self.url(dbname, scheme="postgresql+psycopg")
+
+    def display_url(self, dbname: str | None = None) -> str:
+        return self.url(dbname, hide=True)
+
+    def redact(self, text: str) -> str:
+        return redact_text(text, self.password)
+
+
+def redact_text(text: str, password: str | None) -> str:
+    """Hide a password in free text (error messages from libpq may echo a conninfo)."""
+    import re
+
+    if password:
+        text = text.replace(password, "***")
+        text = text.replace(quote(password, safe=""), "***")
+    text = re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1***", text, flags=re.IGNORECASE)
+    return re.sub(r"(://[^:/@\s]+:)[^@\s]+@", r"\1***@", text)
+
+
+def _strip(exc: BaseException, raw: str) -> str:
+    return redact_text(str(exc), None)

@@ -1,0 +1,36 @@
+"""Errors the plugin raises on purpose.
+
+Each one is meant to be read by a person in a CI log, so the message names the setting,
+file or revision to fix. The plugin turns them into a short failure instead of a traceback
+through psycopg and Alembic internals.
+"""
+
+from __future__ import annotations
+
+
+class DbBranchError(Exception):
+    """Base class: a problem the user can fix by changing configuration or files."""
+
+
+class ConfigError(DbBranchError):
+    """A setting has a value the plugin cannot use."""
+
+
+class ServerError(DbBranchError):
+    """The database server cannot be reached or refuses us."""
+
+
+class SourceError(DbBranchError):
+    """The production snapshot (the source) is missing or cannot be restored."""
+
+
+class MigrationError(DbBranchError):
+    """Alembic could not bring a branch to the target revision."""
+
+
+class EmbeddedServerError(DbBranchError):
+    """The plugin could not start its own PostgreSQL server."""
+
+
+class NotOursError(DbBranchError):
+    """Refusal to touch a database that this tool did not create."""

@@ -1,0 +1,62 @@
+"""Declare branch fixtures with your own scope, source, Alembic config or revision.
+
+    from pytest_dbbranch import branch_fixture
+    legacy_db = branch_fixture(scope="module", revision="0001")
+
+The built-in fixtures are made by the same factory, so a custom fixture behaves exactly like
+``db_branch_info`` (naming, keep-on-failure, the marker, clear errors).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from .branch import Branch
+from .errors import DbBranchError
+
+MARKER = "dbbranch"
+
+
+def branch_fixture(
+    scope: str = "function",
+    *,
+    url: str | None = None,
+    source: str | None = None,
+    alembic_ini: str | None = None,
+    revision: str | None = None,
+    keep: str | None = None,
+) -> Callable[..., Any]:
+    """Make a fixture that yields a :class:`Branch` and drops it at teardown."""
+    overrides = {"url": url, "source": source, "alembic_ini": alembic_ini,
+                 "revision": revision, "keep": keep}
+    given = {key: value for key, value in overrides.items() if value is not None}
+
+    @pytest.fixture(scope=scope)  # type: ignore[misc]
+    def _branch(request: pytest.FixtureRequest) -> Iterator[Branch]:
+        manager = request.getfixturevalue("dbbranch_manager")
+        settings = request.getfixturevalue("dbbranch_settings")
+        try:
+            if given:
+                args = ", ".join(f"{k}={v!r}" for k, v in given.items())
+                settings = settings.with_overrides(f"branch_fixture({args})", **given)
+            marker = request.node.get_closest_marker(MARKER)
+            if marker is not None:
+                settings = settings.with_overrides(
+                    f"@pytest.mark.{MARKER} on {request.node.nodeid}", **marker.kwargs
+                )
+            node_id = f"{request.node.nodeid}::{request.fixturename}"
+            branch = manager.create(settings, scope=scope, node_id=node_id)
+        except DbBranchError as exc:
+            pytest.fail(f"pytest-dbbranch: {exc}", pytrace=False)
+        try:
+            yield branch
+        finally:
+            try:
+                manager.release(branch)
+            except DbBranchError as exc:
+                pytest.fail(f"pytest-dbbranch: {exc}", pytrace=False)
+
+    return _branch

@@ -1,0 +1,102 @@
+"""Branch, template and source names.
+
+One name must be valid everywhere a branch can live: a PostgreSQL database name (at most 63
+bytes) and a Lakebase branch id (``^[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?$``). Satisfying the
+stricter Lakebase rule everywhere means a suite can move between backends without renaming.
+Names carry the run id and worker so parallel workers and concurrent CI jobs never collide,
+and a readable slug of the test so a developer looking at ``\\l`` knows what they are seeing;
+uniqueness comes from a hash of the full node id, never from the (truncated) slug.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import secrets
+import time
+import unicodedata
+
+MAX_LEN = 63
+NAME_RE = re.compile(r"^[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+
+BRANCH_PREFIX = "dbb"
+TEMPLATE_PREFIX = "dbbt"
+SOURCE_PREFIX = "dbbs"
+
+SCOPE_CODES = {"function": "f", "class": "c", "module": "m", "package": "p", "session": "s"}
+
+
+def short_hash(text: str, length: int = 8) -> str:
+    """A lowercase hex digest prefix: stable across processes (unlike ``hash()``)."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:length]
+
+
+def slugify(text: str, max_len: int = 24) -> str:
+    """Readable, lossy form of ``text``: ascii letters and digits joined by single hyphens."""
+    normalized = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^a-z0-9]+", "-", normalized.lower()).strip("-")
+    return slug[:max_len].strip("-")
+
+
+def new_run_id() -> str:
+    """Short id of one test run; time-ordered so ``\\l`` sorts runs by start."""
+    stamp = _base36(int(time.time()))[-5:]
+    return f"{stamp}{secrets.token_hex(2)}"
+
+
+def _base36(number: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while True:
+        number, rem = divmod(number, 36)
+        out = digits[rem] + out
+        if number == 0:
+            return out
+
+
+def worker_code(worker_id: str | None) -> str:
+    """``gw3`` stays ``gw3``; the controller (no xdist) is ``m``."""
+    if not worker_id or worker_id == "master":
+        return "m"
+    code = slugify(worker_id, 8).replace("-", "")
+    return code or "w" + short_hash(worker_id, 4)
+
+
+def branch_name(run_id: str, worker_id: str | None, scope: str, node_id: str) -> str:
+    """Name of a test's branch: ``dbb-<run>-<worker>-<scope>-<slug>-<hash>``."""
+    scope_code = SCOPE_CODES.get(scope, slugify(scope, 1) or "x")
+    head = f"{BRANCH_PREFIX}-{slugify(run_id, 12)}-{worker_code(worker_id)}-{scope_code}"
+    digest = short_hash(f"{run_id}|{worker_id}|{scope}|{node_id}", 10)
+    room = MAX_LEN - len(head) - len(digest) - 2
+    slug = slugify(_last_part(node_id), max(room, 0))
+    name = f"{head}-{slug}-{digest}" if slug else f"{head}-{digest}"
+    return validate(name)
+
+
+def _last_part(node_id: str) -> str:
+    """The test's own name is the most telling part of a long node id."""
+    return node_id.rsplit("::", 1)[-1] if "::" in node_id else os.path.basename(node_id)
+
+
+def template_name(project_key: str, fingerprint: str) -> str:
+    """Template names are a pure function of project and fingerprint, so every process
+    (and every machine sharing the server) computes the same one and can find it."""
+    return validate(f"{TEMPLATE_PREFIX}-{project_key[:10]}-{fingerprint[:16]}")
+
+
+def source_name(content_hash: str) -> str:
+    """A dump file is restored once into a database named by its content."""
+    return validate(f"{SOURCE_PREFIX}-{content_hash[:20]}")
+
+
+def validate(name: str) -> str:
+    """Fail loudly here rather than let a backend reject a name in the middle of a run."""
+    if len(name.encode()) > MAX_LEN or not NAME_RE.match(name):
+        raise ValueError(f"invalid branch name {name!r}")
+    return name
+
+
+def is_ours(name: str) -> bool:
+    """Cheap pre-filter by prefix; the tag on the database is what actually decides."""
+    return name.startswith((f"{BRANCH_PREFIX}-", f"{TEMPLATE_PREFIX}-", f"{SOURCE_PREFIX}-"))

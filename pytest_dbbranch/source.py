@@ -1,0 +1,155 @@
+"""The production snapshot every branch starts from.
+
+Three kinds: an existing database (forked, never written to), a dump file (restored once
+into a database named by the file's hash, then reused by every later run), or nothing
+(``template0``). The source is only ever the *parent* of a fork.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from .backend import Backend, Tag
+from .errors import SourceError
+from .names import source_name
+from .settings import Settings
+
+EMPTY_PARENT = "template0"
+_DUMP_SUFFIXES = (".sql", ".dump", ".pgdump", ".backup", ".psql")
+
+
+@dataclass(frozen=True)
+class Source:
+    kind: Literal["empty", "database", "dump"]
+    #: database name, or dump path
+    location: str
+    #: what the fingerprint hashes: name for databases, content hash for dumps
+    identity: str
+    where: str
+
+    @property
+    def label(self) -> str:
+        return {"empty": "empty database", "database": f"database {self.location}",
+                "dump": f"dump {self.location}"}[self.kind]
+
+
+def parse_source(settings: Settings) -> Source:
+    raw = (settings.source or "").strip()
+    where = settings.origin("source")
+    if raw.lower() in ("", "empty", "none"):
+        return Source("empty", EMPTY_PARENT, "empty", where)
+    if raw.startswith("db:"):
+        return Source("database", raw[3:], "database:" + raw[3:], where)
+    is_path = raw.startswith("file:") or "/" in raw or raw.lower().endswith(_DUMP_SUFFIXES)
+    if is_path:
+        path = settings.resolve_path(raw.removeprefix("file:"))
+        if not path.is_file():
+            raise SourceError(f"{where}: the source dump file {path} does not exist")
+        return Source("dump", str(path), "dump:" + file_hash(path), where)
+    return Source("database", raw, "database:" + raw, where)
+
+
+def file_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def ensure_source(source: Source, backend: Backend, run_id: str) -> str:
+    """Name of the database to fork templates from, restoring a dump when needed."""
+    if source.kind == "empty":
+        return EMPTY_PARENT
+    if source.kind == "database":
+        if not backend.exists(source.location):
+            raise SourceError(
+                f"{source.where}: source database {source.location!r} does not exist on the "
+                "server; create it (restore your production snapshot into it) or point "
+                "dbbranch_source at a dump file"
+            )
+        return source.location
+    name = source_name(source.identity.removeprefix("dump:"))
+    record = backend.describe(name)
+    if record is not None and record.ready:
+        return name
+    with backend.lock("source:" + name):
+        record = backend.describe(name)
+        if record is not None and record.ready:
+            return name
+        if record is not None:
+            backend.drop(name)  # half-restored by a crashed run
+        tag = Tag(kind="source", run=run_id, parent=EMPTY_PARENT, fingerprint=source.identity)
+        backend.fork(name, EMPTY_PARENT, tag)
+        try:
+            restore(Path(source.location), backend, name, source.where)
+        except BaseException:
+            backend.drop(name)
+            raise
+        backend.seal(name, tag)
+    return name
+
+
+def restore(path: Path, backend: Backend, dbname: str, where: str) -> None:
+    with path.open("rb") as handle:
+        head = handle.read(4096)
+    address = backend.address()
+    conn = address.kwargs(dbname)
+    env = dict(os.environ)
+    env.update(PGHOST=str(conn.get("host", "")), PGPORT=str(conn.get("port", "")),
+               PGUSER=str(conn.get("user", "")), PGDATABASE=dbname)
+    if address.password:
+        env["PGPASSWORD"] = address.password
+    for key, value in address.options:
+        if key == "sslmode":
+            env["PGSSLMODE"] = value
+    if head.startswith(b"PGDMP"):
+        argv = [client("pg_restore"), "--no-owner", "--no-privileges", "--exit-on-error",
+                "--dbname", dbname, str(path)]
+    else:
+        if b"\x00" in head or not _looks_like_sql(head):
+            raise SourceError(
+                f"{where}: {path} is neither a plain SQL dump nor a pg_dump custom-format "
+                "archive (make it with `pg_dump --no-owner -f snapshot.sql` or `pg_dump -Fc`)"
+            )
+        argv = [client("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", str(path)]
+    result = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        detail = address.redact((result.stderr or result.stdout).strip())[-2000:]
+        raise SourceError(f"{where}: restoring {path} failed:\n{detail}")
+
+
+def _looks_like_sql(head: bytes) -> bool:
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    upper = text.upper()
+    keywords = ("CREATE ", "INSERT ", "SET ", "COPY ", "SELECT ", "BEGIN", "ALTER ", "--", "\\")
+    return any(word in upper for word in keywords)
+
+
+def client(name: str) -> str:
+    """psql / pg_restore: from the embedded binaries when present, else the system's."""
+    from .embedded import find_bindir
+    from .errors import EmbeddedServerError
+
+    try:
+        candidate = find_bindir() / name
+        if candidate.exists():
+            return str(candidate)
+    except EmbeddedServerError:
+        pass
+    found = shutil.which(name)
+    if found:
+        return found
+    raise SourceError(
+        f"{name} is needed to restore the source dump but was not found: install "
+        "'pytest-dbbranch[embedded]' or the PostgreSQL client tools"
+    )

@@ -1,0 +1,56 @@
+"""Counters for the end-of-run summary; plain numbers so xdist workers can ship them home."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+
+@dataclass
+class Stats:
+    branches_created: int = 0
+    branches_dropped: int = 0
+    branches_kept: int = 0
+    template_hits: int = 0
+    template_builds: int = 0
+    sources_restored: int = 0
+    fork_seconds: float = 0.0
+    drop_seconds: float = 0.0
+    migrate_seconds: float = 0.0
+
+    @contextmanager
+    def timed(self, field_name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            setattr(self, field_name, getattr(self, field_name) + time.perf_counter() - start)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def merge(self, other: dict[str, Any]) -> None:
+        for item in fields(self):
+            if item.name in other:
+                setattr(self, item.name, getattr(self, item.name) + other[item.name])
+
+    @property
+    def used(self) -> bool:
+        return any(getattr(self, item.name) for item in fields(self))
+
+    def summary_lines(self) -> list[str]:
+        created = self.branches_created
+        avg_fork = 1000 * self.fork_seconds / created if created else 0.0
+        dropped = self.branches_dropped
+        avg_drop = 1000 * self.drop_seconds / dropped if dropped else 0.0
+        return [
+            f"branches: {created} created, {dropped} dropped, {self.branches_kept} kept",
+            f"time: forking {self.fork_seconds:.2f}s ({avg_fork:.1f} ms each), "
+            f"migrating {self.migrate_seconds:.2f}s, dropping {self.drop_seconds:.2f}s "
+            f"({avg_drop:.1f} ms each)",
+            f"templates: {self.template_hits} cache hits, {self.template_builds} built"
+            + (f", {self.sources_restored} source dumps restored" if self.sources_restored else ""),
+        ]
