@@ -47,8 +47,8 @@ def branch_fixture(
                 settings = settings.with_overrides(
                     f"@pytest.mark.{MARKER} on {request.node.nodeid}", **marker.kwargs
                 )
-            node_id = f"{request.node.nodeid}::{request.fixturename}"
-            branch = manager.create(settings, scope=scope, node_id=node_id)
+            branch = manager.create(settings, scope=scope, node_id=request.node.nodeid,
+                                    salt=request.fixturename)
         except DbBranchError as exc:
             pytest.fail(f"pytest-dbbranch: {exc}", pytrace=False)
         try:

@@ -200,13 +200,18 @@ class BranchManager:
     # -- branches ---------------------------------------------------------------------------
 
     def create(
-        self, settings: Settings | None = None, *, scope: str = "function", node_id: str = "script"
+        self,
+        settings: Settings | None = None,
+        *,
+        scope: str = "function",
+        node_id: str = "script",
+        salt: str = "",
     ) -> Branch:
         """Fork a new branch of the migrated template."""
         settings = settings or self.settings
         template = self.template(settings)
         backend = self.backend(settings)
-        name = names.branch_name(self.run_id, self.worker_id, scope, node_id)
+        name = names.branch_name(self.run_id, self.worker_id, scope, node_id, salt)
         tag = Tag(kind="branch", run=self.run_id, parent=template,
                   fingerprint=self._plans[template].fingerprint if template in self._plans else "")
         with self.stats.timed("fork_seconds"):

@@ -63,11 +63,17 @@ def worker_code(worker_id: str | None) -> str:
     return code or "w" + short_hash(worker_id, 4)
 
 
-def branch_name(run_id: str, worker_id: str | None, scope: str, node_id: str) -> str:
-    """Name of a test's branch: ``dbb-<run>-<worker>-<scope>-<slug>-<hash>``."""
+def branch_name(
+    run_id: str, worker_id: str | None, scope: str, node_id: str, salt: str = ""
+) -> str:
+    """Name of a test's branch: ``dbb-<run>-<worker>-<scope>-<slug>-<hash>``.
+
+    ``salt`` (the fixture name) tells apart two branch fixtures of one test without
+    cluttering the readable part.
+    """
     scope_code = SCOPE_CODES.get(scope, slugify(scope, 1) or "x")
     head = f"{BRANCH_PREFIX}-{slugify(run_id, 12)}-{worker_code(worker_id)}-{scope_code}"
-    digest = short_hash(f"{run_id}|{worker_id}|{scope}|{node_id}", 10)
+    digest = short_hash(f"{run_id}|{worker_id}|{scope}|{node_id}|{salt}", 10)
     room = MAX_LEN - len(head) - len(digest) - 2
     slug = slugify(_last_part(node_id), max(room, 0))
     name = f"{head}-{slug}-{digest}" if slug else f"{head}-{digest}"

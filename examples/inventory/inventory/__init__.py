@@ -1,0 +1,1 @@
+"""A tiny inventory application used as the pytest-dbbranch example."""

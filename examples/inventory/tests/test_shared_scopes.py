@@ -1,0 +1,66 @@
+"""Module- and session-scoped branches: one database for several tests.
+
+Creating a branch is cheap, but not free. Tests that only read, or that are
+meant to build on each other, can share one with ``db_branch_module`` (one
+branch per test module) or ``db_branch_session`` (one for the whole run).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from inventory.repository import stock_by_location
+
+from pytest_dbbranch import Branch
+
+if TYPE_CHECKING:
+    from conftest import SnapshotFacts
+
+Conn = psycopg.Connection[Any]
+
+
+# --- module scope ---------------------------------------------------------------
+# These two tests share state ON PURPOSE: step 2 relies on what step 1
+# committed, so run them together and in file order (with pytest-xdist, use
+# --dist loadfile or loadscope so they land on the same worker).
+
+
+def test_module_step_1_open_new_location(db_branch_module: Conn) -> None:
+    db_branch_module.execute("INSERT INTO locations (code, name) VALUES ('WH06', 'Antwerp pop-up store')")
+    db_branch_module.commit()
+
+
+def test_module_step_2_new_location_is_listed(db_branch_module: Conn) -> None:
+    stock = stock_by_location(db_branch_module)
+    assert stock["WH06"] == 0
+    db_branch_module.rollback()
+
+
+def test_function_branch_does_not_see_module_branch(
+    db_branch: Conn,
+    db_branch_info: Branch,
+    db_branch_module_info: Branch,
+) -> None:
+    assert db_branch_info.name != db_branch_module_info.name
+    assert "WH06" not in stock_by_location(db_branch)
+
+
+# --- session scope --------------------------------------------------------------
+# Shared by every test module in the run, so only read from it.
+
+
+def test_session_branch_read_only(
+    db_branch_session: Conn,
+    db_branch_session_info: Branch,
+    snapshot_facts: SnapshotFacts,
+) -> None:
+    try:
+        row = db_branch_session.execute(
+            "SELECT current_database(), version_num FROM alembic_version"
+        ).fetchone()
+        assert row == (db_branch_session_info.name, snapshot_facts.head_revision)
+        assert stock_by_location(db_branch_session) == snapshot_facts.stock_by_location
+    finally:
+        # end the read transaction instead of leaving it open for the session
+        db_branch_session.rollback()

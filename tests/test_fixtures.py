@@ -1,0 +1,325 @@
+"""The fixtures end to end: inner suites run in a subprocess against a real server."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import AlembicProject, our_branches, run_inner, write_tests
+
+
+@pytest.fixture(autouse=True)
+def _clean_server(embedded_url: str) -> None:
+    from conftest import drop_ours
+
+    drop_ours(embedded_url)
+
+
+def test_three_scopes_isolation_and_teardown(
+    pytester: pytest.Pytester, alembic_project: AlembicProject, embedded_url: str
+) -> None:
+    write_tests(pytester, "test_scopes", """
+        import json, pathlib
+        seen = pathlib.Path("names.jsonl")
+
+        def record(kind, info):
+            with seen.open("a") as f:
+                f.write(json.dumps([kind, info.name]) + "\\n")
+
+        def test_write(db_branch, db_branch_info):
+            record("function", db_branch_info)
+            assert db_branch.execute("SELECT count(*) FROM widgets").fetchone()[0] == 1
+            db_branch.execute("INSERT INTO widgets (name) VALUES ('mine')")
+            db_branch.commit()
+
+        def test_isolated(db_branch, db_branch_info):
+            record("function", db_branch_info)
+            assert db_branch.execute("SELECT count(*) FROM widgets").fetchone()[0] == 1
+
+        def test_module_a(db_branch_module, db_branch_module_info):
+            record("module", db_branch_module_info)
+            db_branch_module.execute("INSERT INTO widgets (name) VALUES ('shared')")
+            db_branch_module.commit()
+
+        def test_module_b(db_branch_module, db_branch_module_info):
+            record("module", db_branch_module_info)
+            assert db_branch_module.execute("SELECT count(*) FROM widgets").fetchone()[0] == 2
+
+        def test_session(db_branch_session, db_branch_session_info):
+            record("session", db_branch_session_info)
+            assert db_branch_session.info.dbname == db_branch_session_info.name
+
+        def test_urls_and_engine(db_branch_info, db_branch_engine):
+            import psycopg, sqlalchemy
+            with psycopg.connect(db_branch_info.conninfo) as c:
+                assert c.info.dbname == db_branch_info.name
+            with psycopg.connect(db_branch_info.url) as c:
+                assert c.info.dbname == db_branch_info.name
+            with db_branch_engine.connect() as c:
+                assert c.execute(sqlalchemy.text("SELECT current_database()")).scalar() == db_branch_info.name
+            assert sqlalchemy.make_url(db_branch_info.sqlalchemy_url).database == db_branch_info.name
+    """)
+    result = run_inner(pytester, embedded_url, "-v")
+    result.assert_outcomes(passed=6)
+    rows = [json.loads(line) for line in (pytester.path / "names.jsonl").read_text().splitlines()]
+    names = {kind: {name for k, name in rows if k == kind} for kind in ("function", "module", "session")}
+    assert len(names["function"]) == 2
+    assert len(names["module"]) == 1
+    assert len(names["session"]) == 1
+    assert not (names["function"] & names["module"])
+    result.stdout.fnmatch_lines(["*branches: 5 created, 5 dropped, 0 kept*"])
+    assert our_branches(embedded_url) == []
+    assert len(our_branches(embedded_url, "template")) == 1
+
+
+def test_destructive_test_does_not_affect_the_next(
+    pytester: pytest.Pytester, alembic_project: AlembicProject, embedded_url: str
+) -> None:
+    write_tests(pytester, "test_destroy", """
+        def test_1_destroy(db_branch):
+            db_branch.execute("DROP TABLE widgets")
+            db_branch.commit()
+
+        def test_2_still_there(db_branch):
+            assert db_branch.execute("SELECT count(*) FROM widgets").fetchone()[0] == 1
+    """)
+    run_inner(pytester, embedded_url, "-p", "no:randomly").assert_outcomes(passed=2)
+
+
+def test_keep_failed_prints_url_without_password(
+    pytester: pytest.Pytester, alembic_project: AlembicProject, embedded_server, embedded_url: str
+) -> None:
+    from conftest import SECRET
+
+    secret_url = embedded_server.__class__(
+        host=embedded_server.host, port=embedded_server.port, user="secretive",
+        password=SECRET, dbname="postgres",
+    ).url()
+    write_tests(pytester, "test_keep", """
+        def test_ok(db_branch):
+            pass
+
+        def test_fails(db_branch):
+            db_branch.execute("INSERT INTO widgets (name) VALUES ('evidence')")
+            db_branch.commit()
+            assert False, "look at the branch"
+    """)
+    result = run_inner(pytester, secret_url, "--dbbranch-keep=failed")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*branch dbb-*-fails-* is kept for inspection: "
+                                 "postgresql://secretive:***@127.0.0.1:*"])
+    assert SECRET not in result.stdout.str() + result.stderr.str()
+    kept = our_branches(embedded_url)
+    assert len(kept) == 1 and "fails" in kept[0]
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(embedded_server.conninfo(kept[0])) as conn:
+        assert conn.execute(sql.SQL("SELECT count(*) FROM widgets WHERE name = 'evidence'")).fetchone()[0] == 1
+
+
+def test_keep_always_and_never(
+    pytester: pytest.Pytester, alembic_project: AlembicProject, embedded_url: str
+) -> None:
+    write_tests(pytester, "test_k", """
+        def test_a(db_branch):
+            pass
+    """)
+    run_inner(pytester, embedded_url, "--dbbranch-keep=always").assert_outcomes(passed=1)
+    assert len(our_branches(embedded_url)) == 1
+    from conftest import drop_ours
+    drop_ours(embedded_url)
+    run_inner(pytester, embedded_url, "--dbbranch-keep=never").assert_outcomes(passed=1)
+    assert our_branches(embedded_url) == []
+
+
+def test_xdist_many_tests_one_template_no_leftovers(
+    pytester: pytest.Pytester, alembic_project: AlembicProject, embedded_url: str
+) -> None:
+    write_tests(pytester, "test_many", """
+        import pytest
+
+        @pytest.mark.parametrize("i", range(40))
+        def test_branch(db_branch, db_branch_info, i):
+            with open("names.txt", "a") as f:
+                f.write(db_branch_info.name + "\\n")
+            db_branch.execute("INSERT INTO widgets (name) VALUES (%s)", (str(i),))
+            db_branch.commit()
+            assert db_branch.execute("SELECT count(*) FROM widgets").fetchone()[0] == 2
+    """)
+    result = run_inner(pytester, embedded_url, "-n", "2")
+    result.assert_outcomes(passed=40)
+    names = (pytester.path / "names.txt").read_text().split()
+    assert len(names) == 40 and len(set(names)) == 40
+    assert {name.split("-")[2] for name in names} == {"gw0", "gw1"}
+    assert alembic_project.runs == 1
+    result.stdout.fnmatch_lines(["*branches: 40 created, 40 dropped*", "*1 built*"])
+    assert our_branches(embedded_url) == []
+
+
+def test_template_reused_across_runs_and_rebuilt_on_change(
+    pytester: pytest.Pytester, alembic_project: AlembicProject, embedded_url: str
+) -> None:
+    write_tests(pytester, "test_r", """
+        def test_a(db_branch):
+            db_branch.execute("SELECT 1")
+    """)
+    run_inner(pytester, embedded_url).assert_outcomes(passed=1)
+    first_templates = our_branches(embedded_url, "template")
+    assert alembic_project.runs == 1
+    result = run_inner(pytester, embedded_url)
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*templates: 1 cache hits, 0 built*"])
+    assert alembic_project.runs == 1
+    # Changing a migration file changes the fingerprint: a new template replaces the old.
+    alembic_project.add("r3", "r2", "ALTER TABLE widgets ADD COLUMN colour text")
+    run_inner(pytester, embedded_url).assert_outcomes(passed=1)
+    assert alembic_project.runs == 2
+    second_templates = our_branches(embedded_url, "template")
+    assert len(second_templates) == 1 and second_templates != first_templates
+    # --dbbranch-rebuild forces a build even though the fingerprint holds.
+    run_inner(pytester, embedded_url, "--dbbranch-rebuild").assert_outcomes(passed=1)
+    assert alembic_project.runs == 3
+    assert our_branches(embedded_url, "template") == second_templates
+
+
+def test_rebuild_once_per_run_under_xdist(
+    pytester: pytest.Pytester, alembic_project: AlembicProject, embedded_url: str
+) -> None:
+    write_tests(pytester, "test_x", """
+        import pytest
+        @pytest.mark.parametrize("i", range(6))
+        def test_a(db_branch, i):
+            pass
+    """)
+    run_inner(pytester, embedded_url).assert_outcomes(passed=6)
+    run_inner(pytester, embedded_url, "-n", "2", "--dbbranch-rebuild").assert_outcomes(passed=6)
+    assert alembic_project.runs == 2
+
+
+def test_half_built_template_after_crash_is_rebuilt(
+    pytester: pytest.Pytester, alembic_project: AlembicProject, embedded_url: str
+) -> None:
+    alembic_project.add(
+        "r3", "r2",
+        "ALTER TABLE widgets ADD COLUMN colour text",
+    )
+    # Kill the process from inside the migration, as a CI runner's OOM killer would.
+    path = alembic_project.versions / "r3.py"
+    path.write_text(path.read_text().replace(
+        "def upgrade():",
+        "def upgrade():\n    import os, signal\n"
+        "    if os.environ.get('CRASH_IN_MIGRATION'):\n        os.kill(os.getpid(), signal.SIGKILL)\n",
+    ))
+    write_tests(pytester, "test_c", """
+        def test_a(db_branch):
+            db_branch.execute("SELECT colour FROM widgets")
+    """)
+    crashed = run_inner(pytester, embedded_url, CRASH_IN_MIGRATION="1")
+    assert crashed.ret not in (0, 1)
+    assert len(our_branches(embedded_url, "template")) == 1  # the half-built one
+    result = run_inner(pytester, embedded_url)
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*1 built*"])
+    assert alembic_project.runs == 2
+
+
+def test_marker_revision_and_upgrade(
+    pytester: pytest.Pytester, alembic_project: AlembicProject, embedded_url: str
+) -> None:
+    write_tests(pytester, "test_m", """
+        import pytest
+
+        @pytest.mark.dbbranch(revision="r1")
+        def test_old(db_branch, db_branch_info):
+            cols = {r[0] for r in db_branch.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_name='widgets'")}
+            assert cols == {"id", "name"}
+            db_branch.execute("INSERT INTO widgets (name) VALUES ('old')")
+            db_branch.commit()
+            db_branch_info.upgrade("head")
+            rows = db_branch.execute("SELECT name, size FROM widgets ORDER BY id").fetchall()
+            assert rows == [("old", 1), ("seed", 1)]
+
+        def test_head(db_branch):
+            db_branch.execute("SELECT size FROM widgets")
+
+        def test_upgrade_with_open_transaction(db_branch, db_branch_info):
+            db_branch.execute("SELECT 1")
+            with pytest.raises(Exception, match="commit or roll back"):
+                db_branch_info.upgrade("head")
+    """)
+    run_inner(pytester, embedded_url).assert_outcomes(passed=3)
+    assert our_branches(embedded_url) == []
+
+
+def test_branch_fixture_factory(
+    pytester: pytest.Pytester, alembic_project: AlembicProject, embedded_url: str
+) -> None:
+    pytester.makeconftest("""
+        from pytest_dbbranch import branch_fixture
+        legacy_db = branch_fixture(scope="module", revision="r1")
+        empty_db = branch_fixture(alembic_ini="none")
+    """)
+    write_tests(pytester, "test_f", """
+        def test_legacy(legacy_db):
+            cols = {r[0] for r in legacy_db.connection.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_name='widgets'")}
+            assert cols == {"id", "name"}
+
+        def test_both(legacy_db, db_branch_info):
+            assert legacy_db.name != db_branch_info.name
+
+        def test_empty(empty_db):
+            n = empty_db.connection.execute(
+                "SELECT count(*) FROM pg_tables WHERE schemaname='public'").fetchone()[0]
+            assert n == 0
+    """)
+    run_inner(pytester, embedded_url).assert_outcomes(passed=3)
+    assert our_branches(embedded_url) == []
+
+
+def test_hostile_test_ids_get_valid_branches(
+    pytester: pytest.Pytester, alembic_project: AlembicProject, embedded_url: str
+) -> None:
+    write_tests(pytester, "test_h", """
+        import pytest
+
+        @pytest.mark.parametrize("v", ["it's", 'a"b', "ünïcødé-名前", "x" * 300, "DROP DATABASE"])
+        def test_odd(db_branch, db_branch_info, v):
+            assert db_branch.info.dbname == db_branch_info.name
+    """)
+    run_inner(pytester, embedded_url, "-n", "2").assert_outcomes(passed=5)
+    assert our_branches(embedded_url) == []
+
+
+def test_embedded_default_starts_and_stops_its_own_server(
+    pytester: pytest.Pytester, alembic_project: AlembicProject, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    import pathlib
+
+    base = pathlib.Path("/dev/shm") / f"dbbranch-default-{pytester.path.name}"
+    write_tests(pytester, "test_e", """
+        def test_a(db_branch, db_branch_info):
+            assert db_branch_info.url.startswith("postgresql://postgres@127.0.0.1:")
+            assert db_branch.execute("SHOW fsync").fetchone()[0] == "off"
+    """)
+    try:
+        result = run_inner(pytester, None, "-n", "2", DBBRANCH_EMBEDDED_DIR=str(base))
+        result.assert_outcomes(passed=1)
+        homes = list(base.glob("pg-*"))
+        assert len(homes) == 1
+        assert not (homes[0] / "data" / "postmaster.pid").exists(), "server left running"
+        # The data directory survives, so the next run reuses the template.
+        again = run_inner(pytester, None, DBBRANCH_EMBEDDED_DIR=str(base))
+        again.assert_outcomes(passed=1)
+        again.stdout.fnmatch_lines(["*1 cache hits, 0 built*"])
+        assert alembic_project.runs == 1
+    finally:
+        import shutil
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_plugin_option_group_in_help(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest_subprocess("--help")
+    result.stdout.fnmatch_lines(["*pytest-dbbranch*", "*--dbbranch-url*", "*--dbbranch-keep*"])
