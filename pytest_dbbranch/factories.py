@@ -38,6 +38,7 @@ def branch_fixture(
     def _branch(request: pytest.FixtureRequest) -> Iterator[Branch]:
         manager = request.getfixturevalue("dbbranch_manager")
         settings = request.getfixturevalue("dbbranch_settings")
+        failure: str | None = None
         try:
             if given:
                 args = ", ".join(f"{k}={v!r}" for k, v in given.items())
@@ -50,13 +51,19 @@ def branch_fixture(
             branch = manager.create(settings, scope=scope, node_id=request.node.nodeid,
                                     salt=request.fixturename)
         except DbBranchError as exc:
-            pytest.fail(f"pytest-dbbranch: {exc}", pytrace=False)
+            failure = str(exc)
+        if failure is not None:
+            # Outside the except block, so the report shows the message and no chain.
+            pytest.fail(f"pytest-dbbranch: {failure}", pytrace=False)
         try:
             yield branch
         finally:
+            failure = None
             try:
                 manager.release(branch)
             except DbBranchError as exc:
-                pytest.fail(f"pytest-dbbranch: {exc}", pytrace=False)
+                failure = str(exc)
+            if failure is not None:
+                pytest.fail(f"pytest-dbbranch: {failure}", pytrace=False)
 
     return _branch

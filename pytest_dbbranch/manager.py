@@ -83,6 +83,7 @@ class BranchManager:
         self.stats = stats or Stats()
         self._mutex = threading.RLock()
         self._backends: dict[str | None, Backend] = {}
+        self._backend_failures: dict[str | None, DbBranchError] = {}
         self._embedded: EmbeddedServer | None = None
         self._templates: dict[tuple[Any, ...], str] = {}
         self._failures: dict[tuple[Any, ...], DbBranchError] = {}
@@ -96,8 +97,15 @@ class BranchManager:
         with self._mutex:
             backend = self._backends.get(settings.url)
             if backend is None:
-                address = self._address(settings)
-                backend = PostgresBackend(address, strategy=settings.strategy)
+                # A server that refused us once is not retried by every test of the run.
+                if settings.url in self._backend_failures:
+                    raise self._backend_failures[settings.url]
+                try:
+                    address = self._address(settings)
+                    backend = PostgresBackend(address, strategy=settings.strategy)
+                except DbBranchError as exc:
+                    self._backend_failures[settings.url] = exc
+                    raise
                 self._backends[settings.url] = backend
             return backend
 

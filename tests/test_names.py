@@ -1,0 +1,410 @@
+"""Unit tests for branch, template and source names (no database needed)."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+
+import pytest
+
+from pytest_dbbranch import names
+from pytest_dbbranch.names import (
+    MAX_LEN,
+    NAME_RE,
+    SCOPE_CODES,
+    branch_name,
+    is_ours,
+    new_run_id,
+    slugify,
+    source_name,
+    template_name,
+    validate,
+)
+
+RUN = "abc12345"
+
+
+def assert_valid(name: str) -> None:
+    """Valid everywhere a branch can live: Lakebase id rule and PostgreSQL's 63 bytes."""
+    assert isinstance(name, str)
+    assert NAME_RE.fullmatch(name), name
+    assert "\n" not in name
+    assert len(name.encode("utf-8")) <= MAX_LEN, (name, len(name.encode("utf-8")))
+
+
+# --------------------------------------------------------------------------- hostile ids
+
+HOSTILE_NODE_IDS = [
+    "tests/test_x.py::test_plain",
+    "tests/test_x.py::test_quotes[it's]",
+    'tests/test_x.py::test_quotes["double"]',
+    "tests/test_x.py::test_quotes[`back`tick]",
+    "tests/test_x.py::test_backslash[a\\b]",
+    "tests/test_x.py::test_backslash[\\\\server\\share]",
+    "tests/test_x.py::test_emoji[🎉🔥💾]",
+    "tests/test_x.py::test_emoji[🎉]",
+    "tests/test_x.py::test_cjk[数据库分支]",
+    "tests/test_x.py::test_cjk[データベース]",
+    "tests/test_x.py::test_accents[café]",
+    "tests/test_x.py::test_accents[cafe\u0301]",  # combining acute accent
+    "tests/test_x.py::test_accents[ÅÄÖ-ñ-ß]",
+    "tests/test_x.py::test_nul[a\x00b]",
+    "tests/test_x.py::test_newline[a\nb]",
+    "tests/test_x.py::test_tab[a\tb]",
+    "tests/test_x.py::test_sql[x'; DROP DATABASE postgres; --]",
+    "tests/test_x.py::test_pct[%s%d%%]",
+    "tests/test_x.py::test_colons[a::b::c]",
+    "tests/test_x.py::Test Class::test method",
+    "tests/test_x.py::TestCamelCase::testMixedCASE",
+    "tests/test_x.py::test_upper[ABC]",
+    "tests/test_x.py::test_long[" + "x" * 5000 + "]",
+    "tests/test_x.py::test_long[" + "é" * 5000 + "]",
+    "tests/test_x.py::test_long[" + "🎉" * 5000 + "]",
+    "tests/" + "deep/" * 500 + "test_x.py::test_deep",
+    "tests/test_x.py",
+    "tests/test_x.py::",
+    "::",
+    "",
+    "!!!",
+    "[]",
+    "-",
+    "---___---",
+    "🎉🎉🎉",
+    "数据库",
+    "\u0301\u0301",
+    "\ud800",  # lone surrogate (can appear in ids decoded with surrogateescape)
+    "a" * 100_000,
+]
+
+
+@pytest.mark.parametrize("node_id", HOSTILE_NODE_IDS)
+@pytest.mark.parametrize("scope", list(SCOPE_CODES))
+def test_branch_name_is_valid_for_hostile_node_ids(node_id: str, scope: str) -> None:
+    assert_valid(branch_name(RUN, "gw0", scope, node_id))
+
+
+def test_branch_names_are_unique_for_hostile_node_ids() -> None:
+    ids = list(dict.fromkeys(HOSTILE_NODE_IDS))
+    generated = {branch_name(RUN, "gw0", "function", node_id) for node_id in ids}
+    assert len(generated) == len(ids)
+
+
+@pytest.mark.parametrize(
+    "worker_id", [None, "master", "", "gw0", "gw1", "gw12345678901", "GW3", "gw-1", "!!!", "🎉", "w" * 300]
+)
+@pytest.mark.parametrize("run_id", [RUN, "", "RUN!!", "é", "x" * 300, "0starts-with-digit"])
+@pytest.mark.parametrize("scope", ["function", "session", "unknown-scope", "", "🎉", "9"])
+def test_branch_name_is_valid_for_hostile_run_worker_and_scope(
+    run_id: str, worker_id: str | None, scope: str
+) -> None:
+    assert_valid(branch_name(run_id, worker_id, scope, "tests/test_x.py::test_" + "y" * 200))
+
+
+def _random_node_id(rng: random.Random) -> str:
+    alphabet = (
+        "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+        " _-.:/[]()'\"\\`!@#$%^&*+=,;<>?|~{}\t\n"
+        "éèüñçßøåÅÄÖ数据库分支データ🎉🔥💾\u0301\u0308\u200b"
+    )
+    kind = rng.random()
+    if kind < 0.05:
+        length = rng.randint(1000, 5000)
+    elif kind < 0.15:
+        length = 0 if rng.random() < 0.1 else rng.randint(1, 5)
+    else:
+        length = rng.randint(1, 120)
+    param = "".join(rng.choice(alphabet) for _ in range(length))
+    return f"tests/test_{rng.randint(0, 9)}.py::test_{rng.randint(0, 5)}[{param}]"
+
+
+@pytest.mark.parametrize("seed", [0, 1, 20240601])
+def test_branch_names_for_random_ids_are_valid_and_never_collide(seed: int) -> None:
+    rng = random.Random(seed)
+    ids = list(dict.fromkeys(_random_node_id(rng) for _ in range(2000)))
+    assert len(ids) > 1900  # the generator really produces distinct ids
+    generated = [branch_name(RUN, "gw3", "function", node_id) for node_id in ids]
+    for name in generated:
+        assert_valid(name)
+    assert len(set(generated)) == len(ids)
+
+
+def test_ids_that_differ_only_after_the_truncation_point_get_distinct_names() -> None:
+    prefix = "tests/test_x.py::test_param[" + "a" * 5000
+    ids = [f"{prefix}{i}]" for i in range(300)]
+    generated = [branch_name(RUN, "gw0", "function", node_id) for node_id in ids]
+    for name in generated:
+        assert_valid(name)
+    # The readable part is identical, so uniqueness has to come from the full node id.
+    assert len({name.rsplit("-", 1)[0] for name in generated}) == 1
+    assert len(set(generated)) == len(ids)
+
+
+def test_ids_that_differ_only_in_the_middle_get_distinct_names() -> None:
+    ids = [f"tests/test_x.py::test_p[{'b' * 100}{i}{'c' * 100}]" for i in range(100)]
+    generated = {branch_name(RUN, "gw0", "function", node_id) for node_id in ids}
+    assert len(generated) == len(ids)
+
+
+def test_ids_that_slugify_to_the_same_text_get_distinct_names() -> None:
+    params = ["a-b", "a_b", "a b", "a.b", "A-B", "a--b", "a/b", "a b ", " a b", "a\u00a0b", "á-b"]
+    ids = [f"tests/test_x.py::test_p[{p}]" for p in params]
+    # Precondition: the slugs really are all the same, so only the hash can tell them apart.
+    assert len({slugify(names._last_part(node_id)) for node_id in ids}) == 1
+    generated = [branch_name(RUN, "gw0", "function", node_id) for node_id in ids]
+    for name in generated:
+        assert_valid(name)
+    assert len(set(generated)) == len(ids)
+
+
+@pytest.mark.parametrize("node_id", ["!!!", "::", "", "🎉🎉", "[]", "数据库", "tests/x.py::???"])
+def test_empty_slug_still_gives_a_valid_name(node_id: str) -> None:
+    assert slugify(names._last_part(node_id)) == ""
+    name = branch_name(RUN, "gw0", "function", node_id)
+    assert_valid(name)
+    assert "--" not in name.split(f"-{SCOPE_CODES['function']}-", 1)[1]
+
+
+def test_node_ids_with_empty_slugs_do_not_collide() -> None:
+    ids = ["!!!", "???", "::", "", "🎉", "🎉🎉", "数据库", "データ", "[]", "()", "-", "_"]
+    generated = {branch_name(RUN, "gw0", "function", node_id) for node_id in ids}
+    assert len(generated) == len(ids)
+
+
+# ----------------------------------------------------------------- run, worker and scope
+
+def test_unique_across_run_ids() -> None:
+    runs = ["abc12345", "abc12346", "xyz00000", "abc1234", "run", ""]
+    node_id = "tests/test_x.py::test_same"
+    generated = {branch_name(run, "gw0", "function", node_id) for run in runs}
+    assert len(generated) == len(runs)
+
+
+def test_unique_across_run_ids_that_slugify_alike() -> None:
+    runs = ["abc", "ABC", "a-b-c", "abc!", "abc" + "x" * 20, "abc" + "y" * 20]
+    node_id = "tests/test_x.py::test_same"
+    generated = {branch_name(run, "gw0", "function", node_id) for run in runs}
+    assert len(generated) == len(runs)
+
+
+@pytest.mark.parametrize("controller", [None, "master"])
+def test_unique_across_worker_ids(controller: str | None) -> None:
+    workers = [controller, "gw0", "gw1", "gw2", "gw10", "gw-1", "gw_1"]
+    node_id = "tests/test_x.py::test_same"
+    generated = [branch_name(RUN, worker, "function", node_id) for worker in workers]
+    assert len(set(generated)) == len(workers)
+
+
+def test_worker_codes_are_visible() -> None:
+    node_id = "tests/test_x.py::test_same"
+    assert branch_name(RUN, "gw7", "function", node_id).startswith(f"dbb-{RUN}-gw7-")
+    assert branch_name(RUN, None, "function", node_id).startswith(f"dbb-{RUN}-m-")
+    assert branch_name(RUN, "master", "function", node_id).startswith(f"dbb-{RUN}-m-")
+
+
+def test_unique_across_scopes() -> None:
+    node_id = "tests/test_x.py"
+    scopes = [*SCOPE_CODES, "other", "fancy"]
+    generated = {branch_name(RUN, "gw0", scope, node_id) for scope in scopes}
+    assert len(generated) == len(scopes)
+
+
+def test_unique_across_the_full_product() -> None:
+    runs = ["r1", "r2"]
+    workers = [None, "gw0", "gw1"]
+    node_ids = ["tests/a.py::test_a", "tests/a.py::test_b", "tests/a.py", "tests/b.py::test_a"]
+    combos = [(r, w, s, n) for r in runs for w in workers for s in SCOPE_CODES for n in node_ids]
+    generated = {branch_name(*combo) for combo in combos}
+    assert len(generated) == len(combos)
+
+
+def test_branch_name_is_deterministic() -> None:
+    node_id = "tests/test_x.py::test_p[🎉 long " + "z" * 3000 + "]"
+    first = branch_name(RUN, "gw0", "module", node_id)
+    assert all(branch_name(RUN, "gw0", "module", node_id) == first for _ in range(5))
+
+
+# ----------------------------------------------------------------------------- readability
+
+@pytest.mark.parametrize(
+    ("node_id", "expected_slug"),
+    [
+        ("tests/test_orders.py::test_create_order", "test-create-order"),
+        ("tests/test_orders.py::TestOrders::test_cancel", "test-cancel"),
+        ("tests/test_orders.py::test_add[1-2]", "test-add-1-2"),
+        ("tests/test_orders.py", "test-orders-py"),
+        ("tests/test_orders.py::test_café", "test-cafe"),
+    ],
+)
+def test_the_slug_of_a_simple_test_name_appears_in_the_name(node_id: str, expected_slug: str) -> None:
+    name = branch_name(RUN, "gw0", "function", node_id)
+    assert f"-{expected_slug}-" in name
+    assert name.startswith(f"dbb-{RUN}-gw0-{SCOPE_CODES['function']}-")
+
+
+def test_long_names_keep_the_start_of_the_slug() -> None:
+    name = branch_name(RUN, "gw0", "function", "tests/t.py::test_something_rather_long_" + "q" * 500)
+    assert "-test-something" in name
+    assert_valid(name)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Hello World", "hello-world"),
+        ("a--b__c", "a-b-c"),
+        ("  leading and trailing  ", "leading-and-trailing"),
+        ("café", "cafe"),
+        ("🎉", ""),
+        ("", ""),
+    ],
+)
+def test_slugify(text: str, expected: str) -> None:
+    assert slugify(text) == expected
+
+
+@pytest.mark.parametrize("max_len", [1, 2, 5, 10, 24])
+def test_slugify_respects_max_len_and_never_ends_with_hyphen(max_len: int) -> None:
+    for text in ["a-b-c-d-e-f-g-h-i-j-k-l", "abcdefghijklmnopqrstuvwxyz" * 3, "x y z " * 20]:
+        slug = slugify(text, max_len)
+        assert len(slug) <= max_len
+        assert not slug.startswith("-")
+        assert not slug.endswith("-")
+
+
+# --------------------------------------------------------------- template and source names
+
+def _hex(seed: str, length: int = 64) -> str:
+    return hashlib.sha256(seed.encode()).hexdigest()[:length]
+
+
+def test_template_name_is_valid_and_deterministic() -> None:
+    key, fp = _hex("project", 10), _hex("fingerprint")
+    name = template_name(key, fp)
+    assert_valid(name)
+    assert name == template_name(key, fp)
+    assert name.startswith(f"{names.TEMPLATE_PREFIX}-")
+    assert is_ours(name)
+
+
+def test_template_name_changes_with_fingerprint_and_project() -> None:
+    fps = [_hex(f"fp{i}") for i in range(200)]
+    keys = [_hex(f"key{i}", 10) for i in range(20)]
+    assert len({template_name(keys[0], fp) for fp in fps}) == len(fps)
+    assert len({template_name(key, fps[0]) for key in keys}) == len(keys)
+
+
+def test_template_names_never_look_like_branch_or_source_names() -> None:
+    template = template_name(_hex("k", 10), _hex("f"))
+    source = source_name(_hex("s"))
+    branch = branch_name(RUN, "gw0", "session", "tests/x.py")
+    assert len({template.split("-")[0], source.split("-")[0], branch.split("-")[0]}) == 3
+
+
+def test_source_name_is_valid_deterministic_and_content_addressed() -> None:
+    hashes = [_hex(f"dump{i}") for i in range(200)]
+    generated = [source_name(h) for h in hashes]
+    for name in generated:
+        assert_valid(name)
+        assert name.startswith(f"{names.SOURCE_PREFIX}-")
+        assert is_ours(name)
+    assert generated == [source_name(h) for h in hashes]
+    assert len(set(generated)) == len(hashes)
+
+
+# ------------------------------------------------------------------------------- validate
+
+@pytest.mark.parametrize(
+    "name",
+    ["a", "a1", "dbb-x", "a" * 63, "a" + "-" * 61 + "b", "dbb-abc12345-gw0-f-test-x-0123456789"],
+)
+def test_validate_accepts_good_names(name: str) -> None:
+    assert validate(name) == name
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "",
+        "A",
+        "Dbb-x",
+        "1abc",
+        "-abc",
+        "abc-",
+        "a_b",
+        "a b",
+        "a.b",
+        "a/b",
+        "café",
+        "a" * 64,
+        "é" * 32,  # 32 characters but 64 bytes
+        "dbb-x\n",
+        "\ndbb-x",
+        "dbb-x ",
+        " dbb-x",
+        "dbb-\x00",
+    ],
+)
+def test_validate_rejects_bad_names(name: str) -> None:
+    with pytest.raises(ValueError, match="invalid branch name"):
+        validate(name)
+
+
+# -------------------------------------------------------------------------------- is_ours
+
+@pytest.mark.parametrize("name", ["dbb-x", "dbbt-x", "dbbs-x", "dbb-abc-gw0-f-test-1234567890"])
+def test_is_ours_accepts_our_prefixes(name: str) -> None:
+    assert is_ours(name)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["postgres", "template0", "template1", "dbb", "dbbt", "dbbs", "dbbx-1", "dbbranch", "dbb_1",
+     "mydbb-1", "DBB-x", " dbb-x", "", "app-dbb-1"],
+)
+def test_is_ours_rejects_foreign_names(name: str) -> None:
+    assert not is_ours(name)
+
+
+def test_everything_we_generate_is_ours() -> None:
+    generated = [
+        branch_name(RUN, "gw0", scope, node_id)
+        for scope in SCOPE_CODES
+        for node_id in HOSTILE_NODE_IDS[:10]
+    ]
+    generated += [template_name(_hex("k", 10), _hex("f")), source_name(_hex("s"))]
+    assert all(is_ours(name) for name in generated)
+
+
+# ------------------------------------------------------------------------------- run ids
+
+def test_new_run_id_is_valid_inside_names() -> None:
+    for _ in range(50):
+        run_id = new_run_id()
+        assert run_id
+        assert run_id.isascii() and run_id.isalnum() and run_id == run_id.lower()
+        # Not truncated or altered when embedded, so it can be recognised in \l.
+        assert slugify(run_id, 12) == run_id
+        name = branch_name(run_id, "gw0", "function", "tests/test_x.py::test_a")
+        assert_valid(name)
+        assert name.startswith(f"dbb-{run_id}-")
+
+
+def test_new_run_id_varies() -> None:
+    ids = [new_run_id() for _ in range(100)]
+    # 16 random bits per id: a handful of birthday collisions at most.
+    assert len(set(ids)) >= 90
+
+
+def test_new_run_id_varies_within_the_same_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(names.time, "time", lambda: 1_700_000_000.0)
+    ids = {new_run_id() for _ in range(50)}
+    assert len(ids) > 40
+
+
+def test_new_run_id_is_time_ordered(monkeypatch: pytest.MonkeyPatch) -> None:
+    stamps = [1_700_000_000.0, 1_700_000_001.0, 1_700_000_100.0, 1_700_086_400.0]
+    ids = []
+    for stamp in stamps:
+        monkeypatch.setattr(names.time, "time", lambda stamp=stamp: stamp)
+        ids.append(new_run_id())
+    assert ids == sorted(ids)
