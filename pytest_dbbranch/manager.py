@@ -179,11 +179,11 @@ class BranchManager:
         return plan.name
 
     def _build(self, plan: _TemplatePlan, backend: Backend) -> None:
-        if plan.source.kind == "dump" and backend.describe(
+        restoring = plan.source.kind == "dump" and backend.describe(
             names.source_name(plan.source.identity.removeprefix("dump:"))
-        ) is None:
-            self.stats.sources_restored += 1
+        ) is None
         parent = ensure_source(plan.source, backend, self.run_id)
+        self.stats.sources_restored += int(restoring)
         tag = Tag(kind="template", run=self.run_id, parent=parent,
                   fingerprint=plan.fingerprint, project=plan.project_key)
         with self.stats.timed("fork_seconds"):
