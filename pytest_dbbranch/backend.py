@@ -119,11 +119,9 @@ class Backend(Protocol):
         """Release connections held by the backend."""
 
 
-def iter_stale_templates(
-    records: list[BranchRecord], project: str, keep_name: str
-) -> Iterator[BranchRecord]:
+def iter_stale_templates(records: list[BranchRecord], project: str, keep_name: str) -> Iterator[BranchRecord]:
     """Templates of the same project built from another fingerprint."""
     for record in records:
-        if record.tag.kind == "template" and record.tag.project == project:
-            if record.name != keep_name:
-                yield record
+        same_project = record.tag.kind == "template" and record.tag.project == project
+        if same_project and record.name != keep_name:
+            yield record

@@ -86,12 +86,12 @@ class Branch:
     def upgrade(self, revision: str = "head") -> None:
         """Run Alembic on this branch: seed rows at an old revision, upgrade, assert."""
         conn = self._connection
-        if conn is not None and not conn.closed:
-            if conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS:
-                raise DbBranchError(
-                    f"branch {self.name}: commit or roll back the open transaction on the "
-                    "fixture connection before upgrade(); its locks would block the migration"
-                )
+        in_transaction = psycopg.pq.TransactionStatus.INTRANS
+        if conn is not None and not conn.closed and conn.info.transaction_status == in_transaction:
+            raise DbBranchError(
+                f"branch {self.name}: commit or roll back the open transaction on the "
+                "fixture connection before upgrade(); its locks would block the migration"
+            )
         self._manager.upgrade_branch(self, revision)
         self.revision = revision
 

@@ -16,8 +16,12 @@ from .settings import resolve
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    settings = resolve(options={"url": args.url, "embedded_dir": args.embedded_dir},
-                       env=os.environ, ini=_ini_values(Path.cwd()), root=Path.cwd())
+    settings = resolve(
+        options={"url": args.url, "embedded_dir": args.embedded_dir},
+        env=os.environ,
+        ini=_ini_values(Path.cwd()),
+        root=Path.cwd(),
+    )
     manager = BranchManager(settings, run_id="cli")
     try:
         records = manager.backend().list_ours()
@@ -45,11 +49,13 @@ def cmd_list(args: argparse.Namespace) -> int:
         print("no branches created by pytest-dbbranch on this server")
         return 0
     print(f"{'NAME':<64} {'KIND':<9} {'RUN':<10} {'AGE':>8} {'SIZE':>9} PARENT")
-    for row in rows:
-        size = f"{(row['size_bytes'] or 0) / 1e6:.1f}MB" if row["size_bytes"] else "-"
-        age = _age(float(row["age_seconds"] or 0))  # type: ignore[arg-type]
-        print(f"{row['name']:<64} {row['kind']:<9} {row['run']:<10} {age:>8} {size:>9} "
-              f"{row['parent']}")
+    for record in records:
+        size = f"{record.size_bytes / 1e6:.1f}MB" if record.size_bytes else "-"
+        age = _age(now - record.tag.created)
+        print(
+            f"{record.name:<64} {record.tag.kind:<9} {record.tag.run:<10} {age:>8} {size:>9} "
+            f"{record.tag.parent}"
+        )
     return 0
 
 
@@ -69,8 +75,7 @@ def _ini_values(folder: Path) -> dict[str, str]:
         return {}
     data = tomllib.loads(path.read_text())
     options = data.get("tool", {}).get("pytest", {}).get("ini_options", {})
-    return {k.removeprefix("dbbranch_"): str(v) for k, v in options.items()
-            if k.startswith("dbbranch_")}
+    return {k.removeprefix("dbbranch_"): str(v) for k, v in options.items() if k.startswith("dbbranch_")}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,8 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--url", help="server URL (default: DBBRANCH_URL, else the embedded server)")
     common.add_argument("--embedded-dir", help="embedded server folder (DBBRANCH_EMBEDDED_DIR)")
     sub = parser.add_subparsers(dest="command", required=True)
-    listing = sub.add_parser("list", parents=[common],
-                             help="branches, templates and sources this tool created")
+    listing = sub.add_parser(
+        "list", parents=[common], help="branches, templates and sources this tool created"
+    )
     listing.add_argument("--json", action="store_true", help="machine-readable output")
     listing.set_defaults(func=cmd_list)
     return parser

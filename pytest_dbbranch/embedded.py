@@ -165,8 +165,7 @@ class EmbeddedServer:
         if self._run_as is None:
             return
         try:
-            probe = self._run([str(self.bindir / "postgres"), "--version"], what="postgres",
-                              check=False)
+            probe = self._run([str(self.bindir / "postgres"), "--version"], what="postgres", check=False)
             if probe.returncode == 0:
                 return
         except OSError:
@@ -224,8 +223,18 @@ class EmbeddedServer:
         staging.mkdir(mode=0o700)
         self._chown(staging)
         self._run(
-            [str(self.bindir / "initdb"), "-D", str(staging), "-U", "postgres",
-             "--auth=trust", "-E", "UTF8", "--locale=C", "-N"],
+            [
+                str(self.bindir / "initdb"),
+                "-D",
+                str(staging),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "-N",
+            ],
             what="initdb",
         )
         shutil.rmtree(self.data, ignore_errors=True)
@@ -238,7 +247,16 @@ class EmbeddedServer:
             options = dict(SERVER_SETTINGS, port=str(port), unix_socket_directories=str(self.home))
             opts = " ".join(f"-c {key}={value}" for key, value in options.items())
             result = self._pg_ctl(
-                "start", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60", "-o", opts,
+                "start",
+                "-D",
+                str(self.data),
+                "-l",
+                str(self.log),
+                "-w",
+                "-t",
+                "60",
+                "-o",
+                opts,
                 check=False,
             )
             if result.returncode == 0:

@@ -9,8 +9,8 @@ The built-in fixtures are made by the same factory, so a custom fixture behaves 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, Literal
 
 import pytest
 
@@ -19,22 +19,23 @@ from .errors import DbBranchError
 
 MARKER = "dbbranch"
 
+Scope = Literal["session", "package", "module", "class", "function"]
+
 
 def branch_fixture(
-    scope: str = "function",
+    scope: Scope = "function",
     *,
     url: str | None = None,
     source: str | None = None,
     alembic_ini: str | None = None,
     revision: str | None = None,
     keep: str | None = None,
-) -> Callable[..., Any]:
+) -> Any:
     """Make a fixture that yields a :class:`Branch` and drops it at teardown."""
-    overrides = {"url": url, "source": source, "alembic_ini": alembic_ini,
-                 "revision": revision, "keep": keep}
+    overrides = {"url": url, "source": source, "alembic_ini": alembic_ini, "revision": revision, "keep": keep}
     given = {key: value for key, value in overrides.items() if value is not None}
 
-    @pytest.fixture(scope=scope)  # type: ignore[misc]
+    @pytest.fixture(scope=scope)
     def _branch(request: pytest.FixtureRequest) -> Iterator[Branch]:
         manager = request.getfixturevalue("dbbranch_manager")
         settings = request.getfixturevalue("dbbranch_settings")
@@ -48,8 +49,9 @@ def branch_fixture(
                 settings = settings.with_overrides(
                     f"@pytest.mark.{MARKER} on {request.node.nodeid}", **marker.kwargs
                 )
-            branch = manager.create(settings, scope=scope, node_id=request.node.nodeid,
-                                    salt=request.fixturename)
+            branch = manager.create(
+                settings, scope=scope, node_id=request.node.nodeid, salt=request.fixturename
+            )
         except DbBranchError as exc:
             failure = str(exc)
         if failure is not None:

@@ -18,7 +18,7 @@ from typing import Any
 import filelock
 
 from . import migrate, names
-from .backend import Backend, Tag, iter_stale_templates
+from .backend import Backend, BranchRecord, Tag, iter_stale_templates
 from .branch import Branch
 from .conninfo import ServerAddress
 from .embedded import EmbeddedServer
@@ -136,8 +136,7 @@ class BranchManager:
     def template(self, settings: Settings | None = None) -> str:
         """Name of the sealed, migrated template for these settings, building it if needed."""
         settings = settings or self.settings
-        key = (settings.url, settings.source, settings.alembic_ini, settings.revision,
-               str(settings.root))
+        key = (settings.url, settings.source, settings.alembic_ini, settings.revision, str(settings.root))
         with self._mutex:
             if key in self._templates:
                 return self._templates[key]
@@ -155,18 +154,16 @@ class BranchManager:
         backend = self.backend(settings)
         plan = _TemplatePlan(settings, backend)
         self._plans[plan.name] = plan
-        record = backend.describe(plan.name)
-        fresh = record is not None and record.ready
-        if fresh and not (settings.rebuild and record is not None and record.tag.run != self.run_id):
+        if self._reusable(backend.describe(plan.name), settings):
             self.stats.template_hits += 1
             return plan.name
         lock = filelock.FileLock(str(self.lock_dir(settings) / f"{plan.name}.lock"))
         with lock, backend.lock("template:" + plan.name):
+            # Whoever held the lock before us may have built it in the meantime.
             record = backend.describe(plan.name)
-            if record is not None and record.ready:
-                if not settings.rebuild or record.tag.run == self.run_id:
-                    self.stats.template_hits += 1
-                    return plan.name
+            if self._reusable(record, settings):
+                self.stats.template_hits += 1
+                return plan.name
             if record is not None:
                 backend.drop(plan.name)  # half-built by a crash, or --dbbranch-rebuild
             elif backend.exists(plan.name):
@@ -178,14 +175,26 @@ class BranchManager:
         self._drop_stale(plan, backend)
         return plan.name
 
+    def _reusable(self, record: BranchRecord | None, settings: Settings) -> bool:
+        """Sealed, and not due for a rebuild (``--dbbranch-rebuild`` rebuilds once per run)."""
+        if record is None or not record.ready:
+            return False
+        return not settings.rebuild or record.tag.run == self.run_id
+
     def _build(self, plan: _TemplatePlan, backend: Backend) -> None:
-        restoring = plan.source.kind == "dump" and backend.describe(
-            names.source_name(plan.source.identity.removeprefix("dump:"))
-        ) is None
+        restoring = (
+            plan.source.kind == "dump"
+            and backend.describe(names.source_name(plan.source.identity.removeprefix("dump:"))) is None
+        )
         parent = ensure_source(plan.source, backend, self.run_id)
         self.stats.sources_restored += int(restoring)
-        tag = Tag(kind="template", run=self.run_id, parent=parent,
-                  fingerprint=plan.fingerprint, project=plan.project_key)
+        tag = Tag(
+            kind="template",
+            run=self.run_id,
+            parent=parent,
+            fingerprint=plan.fingerprint,
+            project=plan.project_key,
+        )
         with self.stats.timed("fork_seconds"):
             backend.fork(plan.name, parent, tag)
         try:
@@ -220,8 +229,12 @@ class BranchManager:
         template = self.template(settings)
         backend = self.backend(settings)
         name = names.branch_name(self.run_id, self.worker_id, scope, node_id, salt)
-        tag = Tag(kind="branch", run=self.run_id, parent=template,
-                  fingerprint=self._plans[template].fingerprint if template in self._plans else "")
+        tag = Tag(
+            kind="branch",
+            run=self.run_id,
+            parent=template,
+            fingerprint=self._plans[template].fingerprint if template in self._plans else "",
+        )
         with self.stats.timed("fork_seconds"):
             backend.fork(name, template, tag)
         self.stats.branches_created += 1

@@ -57,8 +57,7 @@ class AlembicProject:
             revisions = self.script.get_revisions(target)
         except CommandError as exc:
             raise MigrationError(
-                f"{where}: target revision {target!r} does not exist in {self.script_dir} "
-                f"({exc})"
+                f"{where}: target revision {target!r} does not exist in {self.script_dir} ({exc})"
             ) from None
         return tuple(sorted(rev.revision for rev in revisions if rev is not None))
 

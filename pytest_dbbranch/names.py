@@ -63,9 +63,7 @@ def worker_code(worker_id: str | None) -> str:
     return code or "w" + short_hash(worker_id, 4)
 
 
-def branch_name(
-    run_id: str, worker_id: str | None, scope: str, node_id: str, salt: str = ""
-) -> str:
+def branch_name(run_id: str, worker_id: str | None, scope: str, node_id: str, salt: str = "") -> str:
     """Name of a test's branch: ``dbb-<run>-<worker>-<scope>-<slug>-<hash>``.
 
     ``salt`` (the fixture name) tells apart two branch fixtures of one test without

@@ -52,11 +52,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     for spec in SPECS:
         text = f"{spec.help} [env {spec.env}, ini {spec.ini}]"
         if spec.flag:
-            group.addoption(spec.option, dest=spec.dest, action="store_true", default=None,
-                            help=text)
+            group.addoption(spec.option, dest=spec.dest, action="store_true", default=None, help=text)
         else:
-            group.addoption(spec.option, dest=spec.dest, default=None, help=text,
-                            choices=spec.choices)
+            group.addoption(spec.option, dest=spec.dest, default=None, help=text, choices=spec.choices)
         parser.addini(spec.ini, spec.help, default=None)
 
 
@@ -125,8 +123,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
             branch.failed = True
             if branch.settings.keep in ("failed", "always"):
                 report.sections.append(
-                    (_SECTION, f"branch {branch.name} is kept for inspection: "
-                               f"{branch.display_url}\n")
+                    (_SECTION, f"branch {branch.name} is kept for inspection: {branch.display_url}\n")
                 )
     return report
 

@@ -177,9 +177,7 @@ class PostgresBackend:
 
     def _comment(self, name: str, tag: Tag) -> None:
         self._conn.execute(
-            sql.SQL("COMMENT ON DATABASE {} IS {}").format(
-                sql.Identifier(name), sql.Literal(tag.dumps())
-            )
+            sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(name), sql.Literal(tag.dumps()))
         )
 
     def _wait_idle(self, name: str, timeout: float = 2.0) -> None:
@@ -207,6 +205,9 @@ def _record(row: Any, size: int | None = None) -> BranchRecord | None:
     if tag is None:
         return None
     return BranchRecord(
-        name=row[0], tag=tag, is_template=bool(row[2]), allows_connections=bool(row[3]),
+        name=row[0],
+        tag=tag,
+        is_template=bool(row[2]),
+        allows_connections=bool(row[3]),
         size_bytes=size,
     )

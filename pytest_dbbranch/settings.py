@@ -221,9 +221,7 @@ def resolve(
         raw_option = options.get(spec.name)
         if raw_option is not None and raw_option is not False:
             where = spec.option
-            values[spec.name] = (
-                spec.parse(raw_option, where) if isinstance(raw_option, str) else raw_option
-            )
+            values[spec.name] = spec.parse(raw_option, where) if isinstance(raw_option, str) else raw_option
             origins[spec.name] = where
             continue
         raw_env = env.get(spec.env)

@@ -35,8 +35,11 @@ class Source:
 
     @property
     def label(self) -> str:
-        return {"empty": "empty database", "database": f"database {self.location}",
-                "dump": f"dump {self.location}"}[self.kind]
+        return {
+            "empty": "empty database",
+            "database": f"database {self.location}",
+            "dump": f"dump {self.location}",
+        }[self.kind]
 
 
 def parse_source(settings: Settings) -> Source:
@@ -102,16 +105,27 @@ def restore(path: Path, backend: Backend, dbname: str, where: str) -> None:
     address = backend.address()
     conn = address.kwargs(dbname)
     env = dict(os.environ)
-    env.update(PGHOST=str(conn.get("host", "")), PGPORT=str(conn.get("port", "")),
-               PGUSER=str(conn.get("user", "")), PGDATABASE=dbname)
+    env.update(
+        PGHOST=str(conn.get("host", "")),
+        PGPORT=str(conn.get("port", "")),
+        PGUSER=str(conn.get("user", "")),
+        PGDATABASE=dbname,
+    )
     if address.password:
         env["PGPASSWORD"] = address.password
     for key, value in address.options:
         if key == "sslmode":
             env["PGSSLMODE"] = value
     if head.startswith(b"PGDMP"):
-        argv = [client("pg_restore"), "--no-owner", "--no-privileges", "--exit-on-error",
-                "--dbname", dbname, str(path)]
+        argv = [
+            client("pg_restore"),
+            "--no-owner",
+            "--no-privileges",
+            "--exit-on-error",
+            "--dbname",
+            dbname,
+            str(path),
+        ]
     else:
         if b"\x00" in head or not _looks_like_sql(head):
             raise SourceError(

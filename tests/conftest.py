@@ -53,9 +53,7 @@ def embedded_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server
 def _add_password_role(server: EmbeddedServer, address: ServerAddress) -> None:
     """A role that must give a password, so 'wrong password' is a real server answer."""
     with psycopg.connect(address.conninfo(), autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("CREATE ROLE secretive LOGIN CREATEDB PASSWORD {}").format(sql.Literal(SECRET))
-        )
+        conn.execute(sql.SQL("CREATE ROLE secretive LOGIN CREATEDB PASSWORD {}").format(sql.Literal(SECRET)))
         hba = server.data / "pg_hba.conf"
         hba.write_text("host all secretive 127.0.0.1/32 scram-sha-256\n" + hba.read_text())
         conn.execute("SELECT pg_reload_conf()")
@@ -73,18 +71,24 @@ def system_url() -> Iterator[str]:
     try:
         admin = psycopg.connect(SYSTEM_ADMIN_URL, autocommit=True, connect_timeout=5)
     except psycopg.OperationalError as exc:
-        pytest.fail(f"the PostgreSQL server at 127.0.0.1:5432 is not running ({exc}); "
-                    "start it (see .ci/run) or deselect with -m 'not system_server'")
+        pytest.fail(
+            f"the PostgreSQL server at 127.0.0.1:5432 is not running ({exc}); "
+            "start it (see .ci/run) or deselect with -m 'not system_server'"
+        )
     with admin:
-        admin.execute(sql.SQL("CREATE ROLE {} LOGIN CREATEDB NOSUPERUSER PASSWORD {}").format(
-            sql.Identifier(role), sql.Literal(SECRET)))
+        admin.execute(
+            sql.SQL("CREATE ROLE {} LOGIN CREATEDB NOSUPERUSER PASSWORD {}").format(
+                sql.Identifier(role), sql.Literal(SECRET)
+            )
+        )
     address = ServerAddress.parse(SYSTEM_ADMIN_URL)
-    yield ServerAddress(host=address.host, port=address.port, user=role, password=SECRET,
-                        dbname="postgres").url()
+    yield ServerAddress(
+        host=address.host, port=address.port, user=role, password=SECRET, dbname="postgres"
+    ).url()
     with psycopg.connect(SYSTEM_ADMIN_URL, autocommit=True) as admin:
         for (name,) in admin.execute(
-            "SELECT datname FROM pg_database d JOIN pg_roles r ON r.oid = d.datdba "
-            "WHERE r.rolname = %s", (role,)
+            "SELECT datname FROM pg_database d JOIN pg_roles r ON r.oid = d.datdba WHERE r.rolname = %s",
+            (role,),
         ).fetchall():
             admin.execute(sql.SQL("ALTER DATABASE {} IS_TEMPLATE false").format(sql.Identifier(name)))
             admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
@@ -101,9 +105,11 @@ def databases(url: str) -> dict[str, str | None]:
 
 
 def our_branches(url: str, kind: str = "branch") -> list[str]:
-    return sorted(name for name, comment in databases(url).items()
-                  if comment and '"tool":"pytest-dbbranch"' in comment
-                  and f'"kind":"{kind}"' in comment)
+    return sorted(
+        name
+        for name, comment in databases(url).items()
+        if comment and '"tool":"pytest-dbbranch"' in comment and f'"kind":"{kind}"' in comment
+    )
 
 
 def drop_ours(url: str) -> None:
@@ -116,7 +122,7 @@ def drop_ours(url: str) -> None:
                 conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(ident))
 
 
-ENV_PY = '''
+ENV_PY = """
 import os
 from alembic import context
 from sqlalchemy import engine_from_config, pool
@@ -137,9 +143,9 @@ else:
     context.configure(connection=connectable, target_metadata=None)
     with context.begin_transaction():
         context.run_migrations()
-'''
+"""
 
-REVISION = '''
+REVISION = """
 from alembic import op
 revision = {revision!r}
 down_revision = {down!r}
@@ -151,7 +157,7 @@ def upgrade():
 
 def downgrade():
     pass
-'''
+"""
 
 
 class AlembicProject:
@@ -184,8 +190,12 @@ class AlembicProject:
 def alembic_project(pytester: pytest.Pytester) -> AlembicProject:
     project = AlembicProject(pytester.path)
     project.add("r1", None, "CREATE TABLE widgets (id serial PRIMARY KEY, name text NOT NULL)")
-    project.add("r2", "r1", "ALTER TABLE widgets ADD COLUMN size int NOT NULL DEFAULT 1",
-                "INSERT INTO widgets (name) VALUES ('seed')")
+    project.add(
+        "r2",
+        "r1",
+        "ALTER TABLE widgets ADD COLUMN size int NOT NULL DEFAULT 1",
+        "INSERT INTO widgets (name) VALUES ('seed')",
+    )
     return project
 
 
@@ -216,11 +226,22 @@ def pg_dump(url: str, dbname: str, *args: str) -> bytes:
 
     address = ServerAddress.parse(url)
     env = dict(os.environ, PGPASSWORD=address.password or "")
-    argv = [client("pg_dump"), "-h", address.host or "", "-p", str(address.port or 5432),
-            "-U", address.user or "postgres", "--no-comments", *args, dbname]
+    argv = [
+        client("pg_dump"),
+        "-h",
+        address.host or "",
+        "-p",
+        str(address.port or 5432),
+        "-U",
+        address.user or "postgres",
+        "--no-comments",
+        *args,
+        dbname,
+    ]
     out = subprocess.run(argv, env=env, capture_output=True, check=True).stdout
     if any(arg.startswith("-F") for arg in args):
         return out
     # PostgreSQL 18's pg_dump writes a random \restrict key into plain dumps.
-    return b"\n".join(line for line in out.splitlines()
-                      if not line.startswith((b"\\restrict", b"\\unrestrict")))
+    return b"\n".join(
+        line for line in out.splitlines() if not line.startswith((b"\\restrict", b"\\unrestrict"))
+    )

@@ -12,8 +12,9 @@ from conftest import AlembicProject, drop_ours, run_inner, write_tests
 
 
 def dbbranch(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pytest_dbbranch.cli", *args],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "pytest_dbbranch.cli", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_help() -> None:

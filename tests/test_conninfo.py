@@ -14,6 +14,7 @@ SECRET = "Sup3rS3cretPw"
 
 # ----------------------------------------------------------------------------------- parse
 
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
@@ -81,7 +82,11 @@ SECRET = "Sup3rS3cretPw"
         (
             "postgresql://alice@localhost/app?sslmode=require&application_name=tests",
             ServerAddress(
-                "localhost", None, "alice", None, "app",
+                "localhost",
+                None,
+                "alice",
+                None,
+                "app",
                 (("application_name", "tests"), ("sslmode", "require")),
             ),
         ),
@@ -258,13 +263,18 @@ def test_url_scheme_can_be_chosen() -> None:
 def test_kwargs_carry_the_password_and_options() -> None:
     address = ServerAddress.parse(f"postgresql://alice:{SECRET}@h:5433/app?sslmode=require")
     assert address.kwargs("x") == {
-        "dbname": "x", "host": "h", "port": 5433, "user": "alice", "password": SECRET,
+        "dbname": "x",
+        "host": "h",
+        "port": 5433,
+        "user": "alice",
+        "password": SECRET,
         "sslmode": "require",
     }
     assert "password" not in ServerAddress.parse("postgresql://h/app").kwargs()
 
 
 # ---------------------------------------------------------------------------- display_url
+
 
 @pytest.mark.parametrize("text", [t for t in ROUND_TRIP if SECRET in t or "password" in t])
 def test_display_url_hides_the_password(text: str) -> None:
@@ -303,6 +313,7 @@ def test_url_with_hide_false_contains_the_encoded_password() -> None:
 
 
 # ---------------------------------------------------------------------------- redact_text
+
 
 @pytest.mark.parametrize(
     "text",

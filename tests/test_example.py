@@ -44,7 +44,9 @@ def test_example_suite_with_xdist_loadscope(pytester: pytest.Pytester, embedded_
 
 
 @pytest.mark.system_server
-def test_example_suite_on_existing_server_as_non_superuser(pytester: pytest.Pytester, system_url: str) -> None:
+def test_example_suite_on_existing_server_as_non_superuser(
+    pytester: pytest.Pytester, system_url: str
+) -> None:
     _copy_example(pytester)
     result = run_inner(pytester, system_url)
     assert result.ret == 0, result.stdout.str()

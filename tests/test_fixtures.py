@@ -18,7 +18,10 @@ def _clean_server(embedded_url: str) -> None:
 def test_three_scopes_isolation_and_teardown(
     pytester: pytest.Pytester, alembic_project: AlembicProject, embedded_url: str
 ) -> None:
-    write_tests(pytester, "test_scopes", """
+    write_tests(
+        pytester,
+        "test_scopes",
+        """
         import json, pathlib
         seen = pathlib.Path("names.jsonl")
 
@@ -58,7 +61,8 @@ def test_three_scopes_isolation_and_teardown(
             with db_branch_engine.connect() as c:
                 assert c.execute(sqlalchemy.text("SELECT current_database()")).scalar() == db_branch_info.name
             assert sqlalchemy.make_url(db_branch_info.sqlalchemy_url).database == db_branch_info.name
-    """)
+    """,
+    )
     result = run_inner(pytester, embedded_url, "-v")
     result.assert_outcomes(passed=6)
     rows = [json.loads(line) for line in (pytester.path / "names.jsonl").read_text().splitlines()]
@@ -75,14 +79,18 @@ def test_three_scopes_isolation_and_teardown(
 def test_destructive_test_does_not_affect_the_next(
     pytester: pytest.Pytester, alembic_project: AlembicProject, embedded_url: str
 ) -> None:
-    write_tests(pytester, "test_destroy", """
+    write_tests(
+        pytester,
+        "test_destroy",
+        """
         def test_1_destroy(db_branch):
             db_branch.execute("DROP TABLE widgets")
             db_branch.commit()
 
         def test_2_still_there(db_branch):
             assert db_branch.execute("SELECT count(*) FROM widgets").fetchone()[0] == 1
-    """)
+    """,
+    )
     run_inner(pytester, embedded_url, "-p", "no:randomly").assert_outcomes(passed=2)
 
 
@@ -92,10 +100,16 @@ def test_keep_failed_prints_url_without_password(
     from conftest import SECRET
 
     secret_url = embedded_server.__class__(
-        host=embedded_server.host, port=embedded_server.port, user="secretive",
-        password=SECRET, dbname="postgres",
+        host=embedded_server.host,
+        port=embedded_server.port,
+        user="secretive",
+        password=SECRET,
+        dbname="postgres",
     ).url()
-    write_tests(pytester, "test_keep", """
+    write_tests(
+        pytester,
+        "test_keep",
+        """
         def test_ok(db_branch):
             pass
 
@@ -103,11 +117,13 @@ def test_keep_failed_prints_url_without_password(
             db_branch.execute("INSERT INTO widgets (name) VALUES ('evidence')")
             db_branch.commit()
             assert False, "look at the branch"
-    """)
+    """,
+    )
     result = run_inner(pytester, secret_url, "--dbbranch-keep=failed")
     result.assert_outcomes(passed=1, failed=1)
-    result.stdout.fnmatch_lines(["*branch dbb-*-fails-* is kept for inspection: "
-                                 "postgresql://secretive:***@127.0.0.1:*"])
+    result.stdout.fnmatch_lines(
+        ["*branch dbb-*-fails-* is kept for inspection: postgresql://secretive:***@127.0.0.1:*"]
+    )
     assert SECRET not in result.stdout.str() + result.stderr.str()
     kept = our_branches(embedded_url)
     assert len(kept) == 1 and "fails" in kept[0]
@@ -115,19 +131,26 @@ def test_keep_failed_prints_url_without_password(
     from psycopg import sql
 
     with psycopg.connect(embedded_server.conninfo(kept[0])) as conn:
-        assert conn.execute(sql.SQL("SELECT count(*) FROM widgets WHERE name = 'evidence'")).fetchone()[0] == 1
+        assert (
+            conn.execute(sql.SQL("SELECT count(*) FROM widgets WHERE name = 'evidence'")).fetchone()[0] == 1
+        )
 
 
 def test_keep_always_and_never(
     pytester: pytest.Pytester, alembic_project: AlembicProject, embedded_url: str
 ) -> None:
-    write_tests(pytester, "test_k", """
+    write_tests(
+        pytester,
+        "test_k",
+        """
         def test_a(db_branch):
             pass
-    """)
+    """,
+    )
     run_inner(pytester, embedded_url, "--dbbranch-keep=always").assert_outcomes(passed=1)
     assert len(our_branches(embedded_url)) == 1
     from conftest import drop_ours
+
     drop_ours(embedded_url)
     run_inner(pytester, embedded_url, "--dbbranch-keep=never").assert_outcomes(passed=1)
     assert our_branches(embedded_url) == []
@@ -136,7 +159,10 @@ def test_keep_always_and_never(
 def test_xdist_many_tests_one_template_no_leftovers(
     pytester: pytest.Pytester, alembic_project: AlembicProject, embedded_url: str
 ) -> None:
-    write_tests(pytester, "test_many", """
+    write_tests(
+        pytester,
+        "test_many",
+        """
         import pytest
 
         @pytest.mark.parametrize("i", range(40))
@@ -146,7 +172,8 @@ def test_xdist_many_tests_one_template_no_leftovers(
             db_branch.execute("INSERT INTO widgets (name) VALUES (%s)", (str(i),))
             db_branch.commit()
             assert db_branch.execute("SELECT count(*) FROM widgets").fetchone()[0] == 2
-    """)
+    """,
+    )
     result = run_inner(pytester, embedded_url, "-n", "2")
     result.assert_outcomes(passed=40)
     names = (pytester.path / "names.txt").read_text().split()
@@ -160,10 +187,14 @@ def test_xdist_many_tests_one_template_no_leftovers(
 def test_template_reused_across_runs_and_rebuilt_on_change(
     pytester: pytest.Pytester, alembic_project: AlembicProject, embedded_url: str
 ) -> None:
-    write_tests(pytester, "test_r", """
+    write_tests(
+        pytester,
+        "test_r",
+        """
         def test_a(db_branch):
             db_branch.execute("SELECT 1")
-    """)
+    """,
+    )
     run_inner(pytester, embedded_url).assert_outcomes(passed=1)
     first_templates = our_branches(embedded_url, "template")
     assert alembic_project.runs == 1
@@ -186,12 +217,16 @@ def test_template_reused_across_runs_and_rebuilt_on_change(
 def test_rebuild_once_per_run_under_xdist(
     pytester: pytest.Pytester, alembic_project: AlembicProject, embedded_url: str
 ) -> None:
-    write_tests(pytester, "test_x", """
+    write_tests(
+        pytester,
+        "test_x",
+        """
         import pytest
         @pytest.mark.parametrize("i", range(6))
         def test_a(db_branch, i):
             pass
-    """)
+    """,
+    )
     run_inner(pytester, embedded_url).assert_outcomes(passed=6)
     run_inner(pytester, embedded_url, "-n", "2", "--dbbranch-rebuild").assert_outcomes(passed=6)
     assert alembic_project.runs == 2
@@ -201,20 +236,27 @@ def test_half_built_template_after_crash_is_rebuilt(
     pytester: pytest.Pytester, alembic_project: AlembicProject, embedded_url: str
 ) -> None:
     alembic_project.add(
-        "r3", "r2",
+        "r3",
+        "r2",
         "ALTER TABLE widgets ADD COLUMN colour text",
     )
     # Kill the process from inside the migration, as a CI runner's OOM killer would.
     path = alembic_project.versions / "r3.py"
-    path.write_text(path.read_text().replace(
-        "def upgrade():",
-        "def upgrade():\n    import os, signal\n"
-        "    if os.environ.get('CRASH_IN_MIGRATION'):\n        os.kill(os.getpid(), signal.SIGKILL)\n",
-    ))
-    write_tests(pytester, "test_c", """
+    path.write_text(
+        path.read_text().replace(
+            "def upgrade():",
+            "def upgrade():\n    import os, signal\n"
+            "    if os.environ.get('CRASH_IN_MIGRATION'):\n        os.kill(os.getpid(), signal.SIGKILL)\n",
+        )
+    )
+    write_tests(
+        pytester,
+        "test_c",
+        """
         def test_a(db_branch):
             db_branch.execute("SELECT colour FROM widgets")
-    """)
+    """,
+    )
     crashed = run_inner(pytester, embedded_url, CRASH_IN_MIGRATION="1")
     assert crashed.ret not in (0, 1)
     assert len(our_branches(embedded_url, "template")) == 1  # the half-built one
@@ -227,7 +269,10 @@ def test_half_built_template_after_crash_is_rebuilt(
 def test_marker_revision_and_upgrade(
     pytester: pytest.Pytester, alembic_project: AlembicProject, embedded_url: str
 ) -> None:
-    write_tests(pytester, "test_m", """
+    write_tests(
+        pytester,
+        "test_m",
+        """
         import pytest
 
         @pytest.mark.dbbranch(revision="r1")
@@ -248,7 +293,8 @@ def test_marker_revision_and_upgrade(
             db_branch.execute("SELECT 1")
             with pytest.raises(Exception, match="commit or roll back"):
                 db_branch_info.upgrade("head")
-    """)
+    """,
+    )
     run_inner(pytester, embedded_url).assert_outcomes(passed=3)
     assert our_branches(embedded_url) == []
 
@@ -261,7 +307,10 @@ def test_branch_fixture_factory(
         legacy_db = branch_fixture(scope="module", revision="r1")
         empty_db = branch_fixture(alembic_ini="none")
     """)
-    write_tests(pytester, "test_f", """
+    write_tests(
+        pytester,
+        "test_f",
+        """
         def test_legacy(legacy_db):
             cols = {r[0] for r in legacy_db.connection.execute(
                 "SELECT column_name FROM information_schema.columns WHERE table_name='widgets'")}
@@ -274,7 +323,8 @@ def test_branch_fixture_factory(
             n = empty_db.connection.execute(
                 "SELECT count(*) FROM pg_tables WHERE schemaname='public'").fetchone()[0]
             assert n == 0
-    """)
+    """,
+    )
     run_inner(pytester, embedded_url).assert_outcomes(passed=3)
     assert our_branches(embedded_url) == []
 
@@ -282,13 +332,17 @@ def test_branch_fixture_factory(
 def test_hostile_test_ids_get_valid_branches(
     pytester: pytest.Pytester, alembic_project: AlembicProject, embedded_url: str
 ) -> None:
-    write_tests(pytester, "test_h", """
+    write_tests(
+        pytester,
+        "test_h",
+        """
         import pytest
 
         @pytest.mark.parametrize("v", ["it's", 'a"b', "ünïcødé-名前", "x" * 300, "DROP DATABASE"])
         def test_odd(db_branch, db_branch_info, v):
             assert db_branch.info.dbname == db_branch_info.name
-    """)
+    """,
+    )
     run_inner(pytester, embedded_url, "-n", "2").assert_outcomes(passed=5)
     assert our_branches(embedded_url) == []
 
@@ -299,11 +353,15 @@ def test_embedded_default_starts_and_stops_its_own_server(
     import pathlib
 
     base = pathlib.Path("/dev/shm") / f"dbbranch-default-{pytester.path.name}"
-    write_tests(pytester, "test_e", """
+    write_tests(
+        pytester,
+        "test_e",
+        """
         def test_a(db_branch, db_branch_info):
             assert db_branch_info.url.startswith("postgresql://postgres@127.0.0.1:")
             assert db_branch.execute("SHOW fsync").fetchone()[0] == "off"
-    """)
+    """,
+    )
     try:
         result = run_inner(pytester, None, "-n", "2", DBBRANCH_EMBEDDED_DIR=str(base))
         result.assert_outcomes(passed=1)
@@ -317,6 +375,7 @@ def test_embedded_default_starts_and_stops_its_own_server(
         assert alembic_project.runs == 1
     finally:
         import shutil
+
         shutil.rmtree(base, ignore_errors=True)
 
 

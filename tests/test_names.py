@@ -172,6 +172,7 @@ def test_node_ids_with_empty_slugs_do_not_collide() -> None:
 
 # ----------------------------------------------------------------- run, worker and scope
 
+
 def test_unique_across_run_ids() -> None:
     runs = ["abc12345", "abc12346", "xyz00000", "abc1234", "run", ""]
     node_id = "tests/test_x.py::test_same"
@@ -225,6 +226,7 @@ def test_branch_name_is_deterministic() -> None:
 
 # ----------------------------------------------------------------------------- readability
 
+
 @pytest.mark.parametrize(
     ("node_id", "expected_slug"),
     [
@@ -273,6 +275,7 @@ def test_slugify_respects_max_len_and_never_ends_with_hyphen(max_len: int) -> No
 
 # --------------------------------------------------------------- template and source names
 
+
 def _hex(seed: str, length: int = 64) -> str:
     return hashlib.sha256(seed.encode()).hexdigest()[:length]
 
@@ -313,6 +316,7 @@ def test_source_name_is_valid_deterministic_and_content_addressed() -> None:
 
 # ------------------------------------------------------------------------------- validate
 
+
 @pytest.mark.parametrize(
     "name",
     ["a", "a1", "dbb-x", "a" * 63, "a" + "-" * 61 + "b", "dbb-abc12345-gw0-f-test-x-0123456789"],
@@ -351,6 +355,7 @@ def test_validate_rejects_bad_names(name: str) -> None:
 
 # -------------------------------------------------------------------------------- is_ours
 
+
 @pytest.mark.parametrize("name", ["dbb-x", "dbbt-x", "dbbs-x", "dbb-abc-gw0-f-test-1234567890"])
 def test_is_ours_accepts_our_prefixes(name: str) -> None:
     assert is_ours(name)
@@ -358,8 +363,22 @@ def test_is_ours_accepts_our_prefixes(name: str) -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["postgres", "template0", "template1", "dbb", "dbbt", "dbbs", "dbbx-1", "dbbranch", "dbb_1",
-     "mydbb-1", "DBB-x", " dbb-x", "", "app-dbb-1"],
+    [
+        "postgres",
+        "template0",
+        "template1",
+        "dbb",
+        "dbbt",
+        "dbbs",
+        "dbbx-1",
+        "dbbranch",
+        "dbb_1",
+        "mydbb-1",
+        "DBB-x",
+        " dbb-x",
+        "",
+        "app-dbb-1",
+    ],
 )
 def test_is_ours_rejects_foreign_names(name: str) -> None:
     assert not is_ours(name)
@@ -367,15 +386,14 @@ def test_is_ours_rejects_foreign_names(name: str) -> None:
 
 def test_everything_we_generate_is_ours() -> None:
     generated = [
-        branch_name(RUN, "gw0", scope, node_id)
-        for scope in SCOPE_CODES
-        for node_id in HOSTILE_NODE_IDS[:10]
+        branch_name(RUN, "gw0", scope, node_id) for scope in SCOPE_CODES for node_id in HOSTILE_NODE_IDS[:10]
     ]
     generated += [template_name(_hex("k", 10), _hex("f")), source_name(_hex("s"))]
     assert all(is_ours(name) for name in generated)
 
 
 # ------------------------------------------------------------------------------- run ids
+
 
 def test_new_run_id_is_valid_inside_names() -> None:
     for _ in range(50):
@@ -408,3 +426,14 @@ def test_new_run_id_is_time_ordered(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(names.time, "time", lambda stamp=stamp: stamp)
         ids.append(new_run_id())
     assert ids == sorted(ids)
+
+
+def test_salt_tells_apart_two_fixtures_of_one_test() -> None:
+    node_id = "tests/test_x.py::test_two_databases"
+    salts = ["", "db", "other_db", "db_branch", "DB", "🎉"]
+    generated = [branch_name(RUN, "gw0", "function", node_id, salt) for salt in salts]
+    for name in generated:
+        assert_valid(name)
+        assert "-test-two-databases-" in name
+    assert len(set(generated)) == len(salts)
+    assert branch_name(RUN, "gw0", "function", node_id) == branch_name(RUN, "gw0", "function", node_id, "")

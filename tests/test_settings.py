@@ -76,6 +76,7 @@ def single_levels() -> list[Any]:
 
 # ---------------------------------------------------------------------------- precedence
 
+
 @pytest.mark.parametrize(("spec", "higher", "lower"), level_pairs())
 @pytest.mark.parametrize("swap", [False, True], ids=["a>b", "b>a"])
 def test_higher_level_wins(spec: Spec, higher: str, lower: str, swap: bool, tmp_path: Path) -> None:
@@ -206,6 +207,7 @@ def test_root_defaults_to_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 
 # ------------------------------------------------------------------------------- parsing
 
+
 @pytest.mark.parametrize("raw", ["1", "true", "TRUE", "yes", "on", " On "])
 def test_bool_true_spellings(raw: str, tmp_path: Path) -> None:
     assert resolve(env={"DBBRANCH_REBUILD": raw}, root=tmp_path).rebuild is True
@@ -271,6 +273,7 @@ def test_revision_is_stripped(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------- overrides
 
+
 def test_with_overrides_rejects_unknown_names(tmp_path: Path) -> None:
     settings = resolve(root=tmp_path)
     with pytest.raises(ConfigError) as info:
@@ -315,6 +318,7 @@ def test_overrides_stack_and_the_last_one_wins(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------- paths
+
 
 def test_alembic_ini_relative_to_root(tmp_path: Path) -> None:
     settings = resolve(ini={"alembic_ini": "conf/alembic.ini"}, root=tmp_path)
@@ -386,6 +390,7 @@ def test_override_of_alembic_ini_resolves_against_root(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------- frozen
+
 
 @pytest.mark.parametrize("name", [f.name for f in dataclasses.fields(Settings)])
 def test_settings_is_frozen(name: str, tmp_path: Path) -> None:

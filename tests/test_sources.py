@@ -6,7 +6,16 @@ import shutil
 
 import psycopg
 import pytest
-from conftest import EXAMPLE, AlembicProject, databases, drop_ours, our_branches, pg_dump, run_inner, write_tests
+from conftest import (
+    EXAMPLE,
+    AlembicProject,
+    databases,
+    drop_ours,
+    our_branches,
+    pg_dump,
+    run_inner,
+    write_tests,
+)
 from psycopg import sql
 
 COUNT_TESTS = """
@@ -65,16 +74,26 @@ def test_custom_format_dump(pytester: pytest.Pytester, embedded_url: str, embedd
 
         from pytest_dbbranch.source import client
 
-        subprocess.run([client("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f",
-                        str(EXAMPLE / "snapshot.sql"), embedded_server.conninfo(scratch)],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [
+                client("psql"),
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-f",
+                str(EXAMPLE / "snapshot.sql"),
+                embedded_server.conninfo(scratch),
+            ],
+            check=True,
+            capture_output=True,
+        )
         (pytester.path / "prod.pgdump").write_bytes(pg_dump(embedded_url, scratch, "-Fc"))
     finally:
         with psycopg.connect(embedded_url, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(scratch)))
     write_tests(pytester, "test_d", COUNT_TESTS)
-    result = run_inner(pytester, embedded_url, "--dbbranch-source", "prod.pgdump",
-                       "-o", "pythonpath=.")
+    result = run_inner(pytester, embedded_url, "--dbbranch-source", "prod.pgdump", "-o", "pythonpath=.")
     result.assert_outcomes(passed=2)
     assert len(our_branches(embedded_url, "source")) == 1
 
@@ -91,7 +110,10 @@ def test_existing_database_source_is_never_written(
             conn.execute("CREATE TABLE customers (id int PRIMARY KEY, name text)")
             conn.execute("INSERT INTO customers SELECT g, 'c' || g FROM generate_series(1, 500) g")
         before = pg_dump(embedded_url, source)
-        write_tests(pytester, "test_s", """
+        write_tests(
+            pytester,
+            "test_s",
+            """
             def test_schema_was_migrated_on_the_branch(db_branch):
                 assert db_branch.execute("SELECT count(*) FROM customers").fetchone()[0] == 500
                 assert db_branch.execute("SELECT count(*) FROM widgets").fetchone()[0] == 1
@@ -99,13 +121,15 @@ def test_existing_database_source_is_never_written(
             def test_destroy(db_branch):
                 db_branch.execute("DROP TABLE customers")
                 db_branch.commit()
-        """)
+        """,
+        )
         run_inner(pytester, embedded_url, "--dbbranch-source", source).assert_outcomes(passed=2)
         assert pg_dump(embedded_url, source) == before
         assert databases(embedded_url)[source] is None, "the source must not be tagged or altered"
         with psycopg.connect(embedded_url, autocommit=True) as conn:
-            row = conn.execute("SELECT datistemplate, datallowconn FROM pg_database WHERE datname = %s",
-                               (source,)).fetchone()
+            row = conn.execute(
+                "SELECT datistemplate, datallowconn FROM pg_database WHERE datname = %s", (source,)
+            ).fetchone()
         assert row == (False, True)
     finally:
         with psycopg.connect(embedded_url, autocommit=True) as conn:

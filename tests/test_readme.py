@@ -1,0 +1,38 @@
+"""The README's examples are real: they are extracted from README.md and run here."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from conftest import REPO, AlembicProject, drop_ours, our_branches, run_inner
+
+BLOCK = re.compile(r"<!-- readme-example: (\S+) -->\s*```python\n(.*?)```", re.DOTALL)
+
+
+def readme_examples() -> dict[str, str]:
+    return dict(BLOCK.findall((REPO / "README.md").read_text()))
+
+
+def test_readme_has_examples() -> None:
+    assert set(readme_examples()) == {"test_quickstart.py", "conftest.py", "test_factory.py"}
+
+
+def test_readme_examples_pass(pytester: pytest.Pytester, alembic_project: AlembicProject, embedded_url: str) -> None:
+    drop_ours(embedded_url)
+    for name, code in readme_examples().items():
+        (pytester.path / name).write_text(code)
+    result = run_inner(pytester, embedded_url)
+    result.assert_outcomes(passed=5)
+    assert our_branches(embedded_url) == []
+
+
+def test_readme_script_example(alembic_project: AlembicProject, embedded_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    text = (REPO / "README.md").read_text()
+    code = text.split("The machinery works without pytest:\n\n```python\n", 1)[1].split("```", 1)[0]
+    code = code.replace('"postgresql://app@127.0.0.1/postgres"', repr(embedded_url))
+    monkeypatch.chdir(alembic_project.root)
+    drop_ours(embedded_url)
+    exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
+    assert our_branches(embedded_url) == []
+    assert len(our_branches(embedded_url, "template")) == 1
