@@ -18,7 +18,9 @@ def test_readme_has_examples() -> None:
     assert set(readme_examples()) == {"test_quickstart.py", "conftest.py", "test_factory.py"}
 
 
-def test_readme_examples_pass(pytester: pytest.Pytester, alembic_project: AlembicProject, embedded_url: str) -> None:
+def test_readme_examples_pass(
+    pytester: pytest.Pytester, alembic_project: AlembicProject, embedded_url: str
+) -> None:
     drop_ours(embedded_url)
     for name, code in readme_examples().items():
         (pytester.path / name).write_text(code)
@@ -27,7 +29,9 @@ def test_readme_examples_pass(pytester: pytest.Pytester, alembic_project: Alembi
     assert our_branches(embedded_url) == []
 
 
-def test_readme_script_example(alembic_project: AlembicProject, embedded_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_readme_script_example(
+    alembic_project: AlembicProject, embedded_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     text = (REPO / "README.md").read_text()
     code = text.split("The machinery works without pytest:\n\n```python\n", 1)[1].split("```", 1)[0]
     code = code.replace('"postgresql://app@127.0.0.1/postgres"', repr(embedded_url))
