@@ -6,6 +6,7 @@ Passwords live only inside ``ServerAddress``; everything printed goes through
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -32,11 +33,12 @@ class ServerAddress:
     def parse(cls, text: str, where: str = "--dbbranch-url") -> ServerAddress:
         """Accept a URL or a libpq keyword string; reject anything else up front."""
         raw = text.strip()
+        shown = redact_text(_mask_userinfo(raw), None)
         looks_like_url = raw.startswith(_URL_SCHEMES)
         looks_like_keywords = "=" in raw and "://" not in raw
         if not (looks_like_url or looks_like_keywords):
             raise ConfigError(
-                f"{where}: {redact_text(raw, None)!r} is not a PostgreSQL URL; expected "
+                f"{where}: {shown!r} is not a PostgreSQL URL; expected "
                 "postgresql://user:password@host:port/dbname or 'host=... dbname=...'"
             )
         if raw.startswith("postgresql+"):
@@ -44,12 +46,17 @@ class ServerAddress:
         try:
             params: dict[str, Any] = psycopg.conninfo.conninfo_to_dict(raw)
         except psycopg.ProgrammingError as exc:
-            raise ConfigError(f"{where}: cannot parse the URL ({_strip(exc, raw)})") from None
+            message = redact_text(str(exc), _userinfo_password(raw))
+            raise ConfigError(f"{where}: cannot parse {shown!r} ({message})") from None
         port_text = params.pop("port", None)
-        try:
-            port = int(port_text) if port_text not in (None, "") else None
-        except ValueError:
-            raise ConfigError(f"{where}: port {port_text!r} is not a number") from None
+        port: int | None = None
+        if port_text not in (None, ""):
+            try:
+                port = int(port_text)
+            except ValueError:
+                port = -1
+            if not 0 < port < 65536:
+                raise ConfigError(f"{where}: port {port_text!r} is not a port number (1-65535)")
         return cls(
             host=params.pop("host", None) or None,
             port=port,
@@ -73,11 +80,10 @@ class ServerAddress:
         return psycopg.conninfo.make_conninfo(**self.kwargs(dbname))
 
     def url(self, dbname: str | None = None, *, scheme: str = "postgresql", hide: bool = False) -> str:
-        auth = ""
-        if self.user:
-            auth = quote(self.user, safe="")
-            if self.password:
-                auth += ":" + ("***" if hide else quote(self.password, safe=""))
+        auth = quote(self.user, safe="") if self.user else ""
+        if self.password:
+            auth += ":" + ("***" if hide else quote(self.password, safe=""))
+        if auth:
             auth += "@"
         host = self.host or ""
         query_items = list(self.options)
@@ -103,14 +109,22 @@ class ServerAddress:
 
 def redact_text(text: str, password: str | None) -> str:
     """Hide a password in free text (error messages from libpq may echo a conninfo)."""
-    import re
-
     if password:
         text = text.replace(password, "***")
         text = text.replace(quote(password, safe=""), "***")
-    text = re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1***", text, flags=re.IGNORECASE)
-    return re.sub(r"(://[^:/@\s]+:)[^@\s]+@", r"\1***@", text)
+    text = re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", text, flags=re.IGNORECASE)
+    return re.sub(r"(://[^:/@\s]*:)[^@\s]+@", r"\1***@", text)
 
 
-def _strip(exc: BaseException, raw: str) -> str:
-    return redact_text(str(exc), None)
+def _userinfo_password(raw: str) -> str | None:
+    """The password part of ``[scheme://]user:password@host...``, if there is one."""
+    rest = raw.split("://", 1)[1] if "://" in raw else raw
+    if "@" not in rest:
+        return None
+    userinfo = rest.rsplit("@", 1)[0]
+    return userinfo.split(":", 1)[1] if ":" in userinfo else None
+
+
+def _mask_userinfo(raw: str) -> str:
+    password = _userinfo_password(raw)
+    return raw.replace(":" + password + "@", ":***@") if password else raw

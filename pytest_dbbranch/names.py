@@ -96,7 +96,7 @@ def source_name(content_hash: str) -> str:
 
 def validate(name: str) -> str:
     """Fail loudly here rather than let a backend reject a name in the middle of a run."""
-    if len(name.encode()) > MAX_LEN or not NAME_RE.match(name):
+    if len(name.encode()) > MAX_LEN or not NAME_RE.fullmatch(name):
         raise ValueError(f"invalid branch name {name!r}")
     return name
 

@@ -175,7 +175,8 @@ class Settings:
             if value is None:
                 continue
             spec = SPECS_BY_NAME[name]
-            changes[name] = spec.parse(str(value), where) if isinstance(value, str) else value
+            # Markers pass arbitrary objects (Path, int...): everything goes through the parser.
+            changes[name] = spec.parse(str(value), where)
             origins[name] = where
         if not changes:
             return self

@@ -404,3 +404,14 @@ def test_origins_do_not_affect_equality(tmp_path: Path) -> None:
     from_ini = resolve(ini={"keep": "failed"}, root=tmp_path)
     assert from_env == from_ini
     assert from_env.origin("keep") != from_ini.origin("keep")
+
+
+def test_marker_values_of_other_types_are_parsed(tmp_path: Path) -> None:
+    """A marker may pass a Path or an int; it must be validated like text."""
+    from pytest_dbbranch.settings import Settings
+
+    settings = Settings(root=tmp_path).with_overrides("marker", alembic_ini=tmp_path / "a.ini", revision=3)
+    assert settings.alembic_ini_path() == tmp_path / "a.ini"
+    assert settings.revision == "3"
+    with pytest.raises(ConfigError, match="marker: expected one of never, failed, always"):
+        Settings(root=tmp_path).with_overrides("marker", keep=True)
