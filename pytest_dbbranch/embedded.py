@@ -230,21 +230,25 @@ class EmbeddedServer:
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(mode=0o700)
         self._chown(staging)
-        self._run(
-            [
-                str(self.bindir / "initdb"),
-                "-D",
-                str(staging),
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "-E",
-                "UTF8",
-                "--locale=C",
-                "-N",
-            ],
-            what="initdb",
-        )
+        try:
+            self._run(
+                [
+                    str(self.bindir / "initdb"),
+                    "-D",
+                    str(staging),
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                    "-N",
+                ],
+                what="initdb",
+            )
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         shutil.rmtree(self.data, ignore_errors=True)
         staging.rename(self.data)
 

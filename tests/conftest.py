@@ -42,12 +42,14 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 def embedded_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerAddress]:
     base = Path("/dev/shm") if Path("/dev/shm").is_dir() else tmp_path_factory.getbasetemp()
     folder = base / f"dbbranch-tests-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    server = EmbeddedServer(folder)
-    address = server.acquire("tests")
-    _add_password_role(server, address)
-    yield address
-    server.release("tests")
-    shutil.rmtree(folder, ignore_errors=True)
+    try:
+        server = EmbeddedServer(folder)
+        address = server.acquire("tests")
+        _add_password_role(server, address)
+        yield address
+        server.release("tests")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _add_password_role(server: EmbeddedServer, address: ServerAddress) -> None:
@@ -96,10 +98,14 @@ def system_url() -> Iterator[str]:
 
 
 def databases(url: str) -> dict[str, str | None]:
-    """Every database on the server with its comment (our tag, if any)."""
+    """Databases the connecting role owns, with their comment (our tag, if any).
+
+    Limited to the role's own, so a shared server's other users are never touched.
+    """
     with psycopg.connect(url, autocommit=True) as conn:
         rows = conn.execute(
             "SELECT datname, shobj_description(oid, 'pg_database') FROM pg_database"
+            " WHERE pg_get_userbyid(datdba) = current_user"
         ).fetchall()
     return {name: comment for name, comment in rows}
 
@@ -184,6 +190,14 @@ class AlembicProject:
     def runs(self) -> int:
         log = self.root / "alembic_runs.log"
         return len(log.read_text().splitlines()) if log.exists() else 0
+
+
+@pytest.fixture(params=["embedded", pytest.param("system", marks=pytest.mark.system_server)])
+def server_url(request: pytest.FixtureRequest) -> str:
+    """Both paths: the embedded server in RAM, and an existing server by URL (non-superuser)."""
+    url: str = request.getfixturevalue("embedded_url" if request.param == "embedded" else "system_url")
+    drop_ours(url)
+    return url
 
 
 @pytest.fixture
