@@ -441,3 +441,36 @@ def test_unedited_env_py_migrates_the_branch(
     )
     run_inner(pytester, embedded_url).assert_outcomes(passed=1)
     assert alembic_project.runs == 1
+
+
+def test_concurrent_runs_on_other_machines_build_the_template_once(
+    pytester: pytest.Pytester, alembic_project: AlembicProject, embedded_url: str, tmp_path_factory
+) -> None:
+    """Separate pytest processes with separate lock folders stand for CI machines sharing a
+    server: only the advisory lock serialises them."""
+    import subprocess
+    import sys
+
+    # A slow migration widens the window in which the runs race for the build.
+    alembic_project.add("r3", "r2", "SELECT pg_sleep(0.5)")
+    write_tests(
+        pytester,
+        "test_c",
+        """
+        import pytest
+        @pytest.mark.parametrize("i", range(3))
+        def test_a(db_branch, i):
+            assert db_branch.execute("SELECT count(*) FROM widgets").fetchone()[0] == 1
+    """,
+    )
+    procs = []
+    for shard in range(3):
+        tmp = tmp_path_factory.mktemp(f"machine{shard}")
+        env = dict(__import__("os").environ, TMPDIR=str(tmp))
+        argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--dbbranch-url", embedded_url]
+        procs.append(subprocess.Popen(argv, cwd=pytester.path, env=env, stdout=subprocess.PIPE, text=True))
+    outputs = [proc.communicate(timeout=120)[0] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0, 0], outputs
+    assert alembic_project.runs == 1
+    assert sum("1 built" in out for out in outputs) == 1
+    assert our_branches(embedded_url) == []
