@@ -87,6 +87,8 @@ class Backend(Protocol):
 
     #: Major server version, part of the template fingerprint.
     server_version: int
+    #: Identifies the server (or project) for lock files shared by workers on one machine.
+    server_key: str
 
     def fork(self, name: str, parent: str, tag: Tag) -> None:
         """Create branch ``name`` as a copy of ``parent`` and tag it."""
@@ -109,8 +111,9 @@ class Backend(Protocol):
     def retag(self, name: str, tag: Tag) -> None:
         """Replace the tag (for example to mark a branch kept)."""
 
-    def address(self) -> ServerAddress:
-        """How clients reach branches (the database name selects the branch)."""
+    def address(self, name: str) -> ServerAddress:
+        """How a client reaches branch ``name`` now (credentials may rotate, so ask again
+        for every new connection)."""
 
     def lock(self, key: str) -> AbstractContextManager[None]:
         """A lock shared by every process using this server, held while building."""

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from .conninfo import ServerAddress
+from .backend import Backend
 from .errors import DbBranchError
 from .settings import Settings
 
@@ -27,7 +27,7 @@ class Branch:
     def __init__(
         self,
         name: str,
-        address: ServerAddress,
+        backend: Backend,
         settings: Settings,
         manager: BranchManager,
         revision: str,
@@ -36,7 +36,7 @@ class Branch:
         self.revision = revision
         self.settings = settings
         self.failed = False
-        self._address = address
+        self._backend = backend
         self._manager = manager
         self._connection: psycopg.Connection[Any] | None = None
         self._engine: Engine | None = None
@@ -48,20 +48,20 @@ class Branch:
     @property
     def conninfo(self) -> str:
         """libpq keyword string, password included: for connecting, not for printing."""
-        return self._address.conninfo(self.name)
+        return self._backend.address(self.name).conninfo()
 
     @property
     def url(self) -> str:
-        return self._address.url(self.name)
+        return self._backend.address(self.name).url()
 
     @property
     def sqlalchemy_url(self) -> str:
-        return self._address.sqlalchemy_url(self.name)
+        return self._backend.address(self.name).sqlalchemy_url()
 
     @property
     def display_url(self) -> str:
         """The URL with the password replaced by ``***``: safe for logs and reports."""
-        return self._address.display_url(self.name)
+        return self._backend.address(self.name).display_url()
 
     @property
     def connection(self) -> psycopg.Connection[Any]:

@@ -125,8 +125,7 @@ class BranchManager:
         if not settings.url and self._embedded is not None:
             folder = self._embedded.home / "locks"
         else:
-            address = self.backend(settings).address()
-            where = names.short_hash(f"{address.host}:{address.port}", 10)
+            where = names.short_hash(self.backend(settings).server_key, 10)
             folder = Path(tempfile.gettempdir()) / f"pytest-dbbranch-{os.getuid()}" / "locks" / where
         folder.mkdir(parents=True, exist_ok=True)
         return folder
@@ -200,7 +199,7 @@ class BranchManager:
         try:
             if plan.project is not None:
                 with self.stats.timed("migrate_seconds"):
-                    migrate.upgrade(plan.project, backend.address(), plan.name, plan.target)
+                    migrate.upgrade(plan.project, backend.address(plan.name), plan.target)
             backend.seal(plan.name, tag)
         except BaseException:
             with contextlib.suppress(Exception):
@@ -238,7 +237,7 @@ class BranchManager:
         with self.stats.timed("fork_seconds"):
             backend.fork(name, template, tag)
         self.stats.branches_created += 1
-        return Branch(name, backend.address(), settings, self, settings.revision)
+        return Branch(name, backend, settings, self, settings.revision)
 
     def release(self, branch: Branch) -> bool:
         """Close the branch's clients, then drop it unless the keep policy says otherwise.
@@ -281,7 +280,7 @@ class BranchManager:
         project.resolve(revision, "upgrade()")
         backend = self.backend(branch.settings)
         with self.stats.timed("migrate_seconds"):
-            migrate.upgrade(project, backend.address(), branch.name, revision)
+            migrate.upgrade(project, backend.address(branch.name), revision)
 
     # -- lifetime ---------------------------------------------------------------------------
 

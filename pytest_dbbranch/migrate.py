@@ -103,14 +103,14 @@ class _RevisionTracker(logging.Handler):
             self.current = match.group(2)
 
 
-def upgrade(project: AlembicProject, address: ServerAddress, dbname: str, target: str) -> None:
-    """Bring database ``dbname`` to ``target`` in one transaction (per env.py's settings)."""
+def upgrade(project: AlembicProject, address: ServerAddress, target: str) -> None:
+    """Bring the database at ``address`` to ``target`` in one transaction (per env.py)."""
     from alembic import command
     from alembic.config import Config
     from sqlalchemy import create_engine
     from sqlalchemy.pool import NullPool
 
-    url = address.sqlalchemy_url(dbname)
+    url = address.sqlalchemy_url()
     # A fresh Config each time: env.py may stash state on it, and branches must not share.
     config = Config(str(project.ini_path))
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
@@ -126,7 +126,7 @@ def upgrade(project: AlembicProject, address: ServerAddress, dbname: str, target
             config.attributes["connection"] = connection
             command.upgrade(config, target)
     except Exception as exc:
-        raise _migration_error(project, address, dbname, target, tracker.current, exc) from None
+        raise _migration_error(project, address, target, tracker.current, exc) from None
     finally:
         logger.removeHandler(tracker)
         logger.setLevel(old_level)
@@ -136,7 +136,6 @@ def upgrade(project: AlembicProject, address: ServerAddress, dbname: str, target
 def _migration_error(
     project: AlembicProject,
     address: ServerAddress,
-    dbname: str,
     target: str,
     announced: str | None,
     exc: Exception,

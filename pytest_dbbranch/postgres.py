@@ -8,6 +8,7 @@ tick, so we poll ``pg_stat_activity`` (≈0.3 ms) before dropping.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import threading
 import time
@@ -65,6 +66,7 @@ class PostgresBackend:
 
     def __init__(self, address: ServerAddress, *, strategy: Strategy = "auto") -> None:
         self._address = address
+        self.server_key = f"postgres:{address.host}:{address.port}"
         self._mutex = threading.RLock()
         self._conn = connect(address, autocommit=True)
         info = self._conn.info
@@ -74,8 +76,8 @@ class PostgresBackend:
 
     # -- protocol ---------------------------------------------------------------------------
 
-    def address(self) -> ServerAddress:
-        return self._address
+    def address(self, name: str) -> ServerAddress:
+        return dataclasses.replace(self._address, dbname=name)
 
     def fork(self, name: str, parent: str, tag: Tag) -> None:
         statement = sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(

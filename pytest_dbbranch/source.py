@@ -102,8 +102,8 @@ def ensure_source(source: Source, backend: Backend, run_id: str) -> str:
 def restore(path: Path, backend: Backend, dbname: str, where: str) -> None:
     with path.open("rb") as handle:
         head = handle.read(4096)
-    address = backend.address()
-    conn = address.kwargs(dbname)
+    address = backend.address(dbname)
+    conn = address.kwargs()
     env = dict(os.environ)
     env.update(
         PGHOST=str(conn.get("host", "")),
