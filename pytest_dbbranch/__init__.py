@@ -16,6 +16,8 @@ from .factories import branch_fixture
 from .manager import BranchManager
 from .settings import Settings
 
+__version__ = "0.1.0"
+
 __all__ = [
     "Backend",
     "Branch",

@@ -14,9 +14,12 @@ import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from .conninfo import ServerAddress
+
+if TYPE_CHECKING:
+    from .source import Source
 
 TOOL = "pytest-dbbranch"
 
@@ -89,6 +92,14 @@ class Backend(Protocol):
     server_version: int
     #: Identifies the server (or project) for lock files shared by workers on one machine.
     server_key: str
+    #: "postgres" or "lakebase".
+    kind: str
+    #: True when ``lock`` excludes every process on every machine; otherwise concurrent
+    #: builders are told apart by the create call's conflict (``fork`` raises).
+    has_global_lock: bool
+
+    def source_parent(self, source: Source, run_id: str) -> str:
+        """The branch (or database) templates are forked from, preparing it if needed."""
 
     def fork(self, name: str, parent: str, tag: Tag) -> None:
         """Create branch ``name`` as a copy of ``parent`` and tag it."""

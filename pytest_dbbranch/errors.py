@@ -34,3 +34,7 @@ class EmbeddedServerError(DbBranchError):
 
 class NotOursError(DbBranchError):
     """Refusal to touch a database that this tool did not create."""
+
+
+class BranchExistsError(DbBranchError):
+    """Another process created this branch first; for a template, that is the lock."""

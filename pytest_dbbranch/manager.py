@@ -11,6 +11,7 @@ import contextlib
 import os
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,14 +20,14 @@ import filelock
 
 from . import migrate, names
 from .backend import Backend, BranchRecord, Tag, iter_stale_templates
-from .branch import Branch
+from .branch import Branch, RollbackBranch
 from .conninfo import ServerAddress
 from .embedded import EmbeddedServer
-from .errors import ConfigError, DbBranchError
+from .errors import BranchExistsError, ConfigError, DbBranchError
 from .fingerprint import fingerprint, project_key
 from .postgres import PostgresBackend
 from .settings import Settings
-from .source import EMPTY_PARENT, Source, ensure_source, parse_source
+from .source import EMPTY_PARENT, Source, parse_source
 from .stats import Stats
 
 
@@ -48,8 +49,11 @@ class _TemplatePlan:
         if self.project is not None:
             base = self.project.script_dir
             files = [(str(path.relative_to(base)), path) for path in self.project.files()]
+        identity = self.source.identity
+        if backend.kind == "lakebase":
+            identity += f"@{settings.lakebase_source_time or 'now'}"
         self.fingerprint = fingerprint(
-            source_identity=self.source.identity,
+            source_identity=identity,
             revisions=revisions,
             server_version=backend.server_version,
             alembic_files=files,
@@ -82,8 +86,11 @@ class BranchManager:
         self.worker_id = worker_id
         self.stats = stats or Stats()
         self._mutex = threading.RLock()
-        self._backends: dict[str | None, Backend] = {}
-        self._backend_failures: dict[str | None, DbBranchError] = {}
+        self._backends: dict[tuple[str, str | None], Backend] = {}
+        self._backend_failures: dict[tuple[str, str | None], DbBranchError] = {}
+        #: Per-worker parent branches for the clone and rollback isolation modes.
+        self._hosts: dict[str, tuple[str, Backend]] = {}
+        self._host_branches: list[tuple[str, Backend, Backend | None]] = []
         self._embedded: EmbeddedServer | None = None
         self._templates: dict[tuple[Any, ...], str] = {}
         self._failures: dict[tuple[Any, ...], DbBranchError] = {}
@@ -94,19 +101,25 @@ class BranchManager:
 
     def backend(self, settings: Settings | None = None) -> Backend:
         settings = settings or self.settings
+        kind = settings.backend_name
+        key = (kind, settings.lakebase_project if kind == "lakebase" else settings.url)
         with self._mutex:
-            backend = self._backends.get(settings.url)
+            backend = self._backends.get(key)
             if backend is None:
                 # A server that refused us once is not retried by every test of the run.
-                if settings.url in self._backend_failures:
-                    raise self._backend_failures[settings.url]
+                if key in self._backend_failures:
+                    raise self._backend_failures[key]
                 try:
-                    address = self._address(settings)
-                    backend = PostgresBackend(address, strategy=settings.strategy)
+                    if kind == "lakebase":
+                        from .lakebase import LakebaseBackend
+
+                        backend = LakebaseBackend(settings, lock_root=self._lock_root())
+                    else:
+                        backend = PostgresBackend(self._address(settings), strategy=settings.strategy)
                 except DbBranchError as exc:
-                    self._backend_failures[settings.url] = exc
+                    self._backend_failures[key] = exc
                     raise
-                self._backends[settings.url] = backend
+                self._backends[key] = backend
             return backend
 
     def _address(self, settings: Settings) -> ServerAddress:
@@ -121,12 +134,16 @@ class BranchManager:
     def _registration(self) -> str:
         return f"{self.run_id}-{names.worker_code(self.worker_id)}-{os.getpid()}"
 
+    @staticmethod
+    def _lock_root() -> Path:
+        return Path(tempfile.gettempdir()) / f"pytest-dbbranch-{os.getuid()}" / "locks"
+
     def lock_dir(self, settings: Settings) -> Path:
-        if not settings.url and self._embedded is not None:
+        backend = self.backend(settings)
+        if backend.kind == "postgres" and not settings.url and self._embedded is not None:
             folder = self._embedded.home / "locks"
         else:
-            where = names.short_hash(self.backend(settings).server_key, 10)
-            folder = Path(tempfile.gettempdir()) / f"pytest-dbbranch-{os.getuid()}" / "locks" / where
+            folder = self._lock_root() / names.short_hash(backend.server_key, 10)
         folder.mkdir(parents=True, exist_ok=True)
         return folder
 
@@ -163,16 +180,47 @@ class BranchManager:
             if self._reusable(record, settings):
                 self.stats.template_hits += 1
                 return plan.name
+            if record is not None and not self._abandoned(record, backend):
+                # Being built on another machine that shares this project: wait for it.
+                self._wait_for_template(plan.name, backend)
+                self.stats.template_hits += 1
+                return plan.name
             if record is not None:
                 backend.drop(plan.name)  # half-built by a crash, or --dbbranch-rebuild
             elif backend.exists(plan.name):
                 raise DbBranchError(
-                    f"database {plan.name!r} exists but was not created by pytest-dbbranch; "
-                    "rename or drop it yourself"
+                    f"{plan.name!r} exists but was not created by pytest-dbbranch; rename or drop it yourself"
                 )
-            self._build(plan, backend)
+            try:
+                self._build(plan, backend)
+            except BranchExistsError:
+                self._wait_for_template(plan.name, backend)
+                self.stats.template_hits += 1
+                return plan.name
         self._drop_stale(plan, backend)
         return plan.name
+
+    #: A template still unsealed this long after creation was abandoned by a dead builder.
+    BUILD_TIMEOUT = 1800.0
+
+    def _abandoned(self, record: BranchRecord, backend: Backend) -> bool:
+        """With a global lock held, an unsealed template is a crash's leftover. Without one
+        (Lakebase), it may be another machine's build in progress unless it is old, or ours."""
+        if record.ready or backend.has_global_lock:
+            return True
+        too_old = time.time() - record.tag.created > self.BUILD_TIMEOUT
+        return too_old or record.tag.run == self.run_id
+
+    def _wait_for_template(self, name: str, backend: Backend) -> None:
+        deadline = time.monotonic() + self.BUILD_TIMEOUT
+        delay = 0.2
+        while time.monotonic() < deadline:
+            record = backend.describe(name)
+            if record is not None and record.ready:
+                return
+            time.sleep(delay)
+            delay = min(delay * 1.5, 5.0)
+        raise DbBranchError(f"template {name} was not sealed within {self.BUILD_TIMEOUT:.0f}s")
 
     def _reusable(self, record: BranchRecord | None, settings: Settings) -> bool:
         """Sealed, and not due for a rebuild (``--dbbranch-rebuild`` rebuilds once per run)."""
@@ -185,7 +233,7 @@ class BranchManager:
             plan.source.kind == "dump"
             and backend.describe(names.source_name(plan.source.identity.removeprefix("dump:"))) is None
         )
-        parent = ensure_source(plan.source, backend, self.run_id)
+        parent = backend.source_parent(plan.source, self.run_id)
         self.stats.sources_restored += int(restoring)
         tag = Tag(
             kind="template",
@@ -223,21 +271,53 @@ class BranchManager:
         node_id: str = "script",
         salt: str = "",
     ) -> Branch:
-        """Fork a new branch of the migrated template."""
+        """A new isolated branch of the migrated template, per the scope's isolation mode."""
         settings = settings or self.settings
         template = self.template(settings)
         backend = self.backend(settings)
+        isolation = settings.isolation_for(scope)
         name = names.branch_name(self.run_id, self.worker_id, scope, node_id, salt)
-        tag = Tag(
-            kind="branch",
-            run=self.run_id,
-            parent=template,
-            fingerprint=self._plans[template].fingerprint if template in self._plans else "",
-        )
+        fingerprint = self._plans[template].fingerprint if template in self._plans else ""
+        if isolation == "rollback":
+            host, host_backend = self._host(settings, template, backend, clone=False)
+            return RollbackBranch(host, host_backend, settings, self, settings.revision)
+        parent, target = template, backend
+        if isolation == "clone" and backend.kind != "postgres":
+            # On PostgreSQL a branch already is a clone; elsewhere clone inside a worker's branch.
+            parent, target = self._host(settings, template, backend, clone=True)
+        tag = Tag(kind="branch", run=self.run_id, parent=parent, fingerprint=fingerprint)
         with self.stats.timed("fork_seconds"):
-            backend.fork(name, template, tag)
+            target.fork(name, parent, tag)
         self.stats.branches_created += 1
-        return Branch(name, backend, settings, self, settings.revision)
+        return Branch(name, target, settings, self, settings.revision)
+
+    def _host(
+        self, settings: Settings, template: str, backend: Backend, *, clone: bool
+    ) -> tuple[str, Backend]:
+        """This worker's own branch of the template, created once and dropped at close.
+
+        For ``clone`` it returns the database to copy and a PostgreSQL backend on the host
+        branch's server; nobody else connects to that database, so copying it never meets
+        SQLSTATE 55006.
+        """
+        key = f"{template}:{'clone' if clone else 'rollback'}"
+        with self._mutex:
+            if key in self._hosts:
+                return self._hosts[key]
+            name = names.branch_name(self.run_id, self.worker_id, "host", key)
+            tag = Tag(kind="branch", run=self.run_id, parent=template)
+            with self.stats.timed("fork_seconds"):
+                backend.fork(name, template, tag)
+            self.stats.branches_created += 1
+            if clone:
+                inner = PostgresBackend(backend.address(name), strategy=settings.strategy)
+                row = inner.current_database()
+                host: tuple[str, Backend] = (row, inner)
+            else:
+                host = (name, backend)
+            self._hosts[key] = host
+            self._host_branches.append((name, backend, host[1] if clone else None))
+            return host
 
     def release(self, branch: Branch) -> bool:
         """Close the branch's clients, then drop it unless the keep policy says otherwise.
@@ -245,7 +325,9 @@ class BranchManager:
         Returns True when the branch was kept.
         """
         branch.close()
-        backend = self.backend(branch.settings)
+        if isinstance(branch, RollbackBranch):
+            return False  # the transaction was rolled back; the host branch lives on
+        backend = branch.backend
         keep = branch.settings.keep
         if keep == "always" or (keep == "failed" and branch.failed):
             record = backend.describe(branch.name)
@@ -287,6 +369,15 @@ class BranchManager:
     def close(self) -> None:
         """Close admin connections and let the embedded server stop if nobody else uses it."""
         with self._mutex:
+            for name, backend, inner in reversed(self._host_branches):
+                with contextlib.suppress(Exception):
+                    if inner is not None:
+                        inner.close()
+                    with self.stats.timed("drop_seconds"):
+                        backend.drop(name)
+                    self.stats.branches_dropped += 1
+            self._host_branches.clear()
+            self._hosts.clear()
             for backend in self._backends.values():
                 with contextlib.suppress(Exception):
                     backend.close()

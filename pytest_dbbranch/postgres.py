@@ -21,8 +21,9 @@ from psycopg import sql
 
 from .backend import BranchRecord, Tag
 from .conninfo import ServerAddress
-from .errors import NotOursError, ServerError, SourceError
+from .errors import BranchExistsError, NotOursError, ServerError, SourceError
 from .settings import Strategy
+from .source import Source, ensure_source
 
 _DESCRIBE = """
 SELECT d.datname, shobj_description(d.oid, 'pg_database'), d.datistemplate, d.datallowconn
@@ -76,6 +77,12 @@ class PostgresBackend:
 
     # -- protocol ---------------------------------------------------------------------------
 
+    kind = "postgres"
+    has_global_lock = True
+
+    def source_parent(self, source: Source, run_id: str) -> str:
+        return ensure_source(source, self, run_id)
+
     def address(self, name: str) -> ServerAddress:
         return dataclasses.replace(self._address, dbname=name)
 
@@ -88,6 +95,8 @@ class PostgresBackend:
         with self._mutex:
             try:
                 self._conn.execute(statement)
+            except psycopg.errors.DuplicateDatabase:
+                raise BranchExistsError(f"database {name!r} already exists") from None
             except psycopg.errors.ObjectInUse as exc:
                 raise SourceError(
                     f"cannot fork {parent!r}: other sessions are connected to it "
@@ -146,6 +155,11 @@ class PostgresBackend:
                     "so this tool did not create it"
                 )
             self._drop_now(name, is_template=bool(row[2]))
+
+    def current_database(self) -> str:
+        with self._mutex:
+            row = self._conn.execute("SELECT current_database()").fetchone()
+        return str(row[0]) if row else self._address.dbname
 
     def retag(self, name: str, tag: Tag) -> None:
         with self._mutex:

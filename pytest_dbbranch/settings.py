@@ -19,8 +19,13 @@ from .errors import ConfigError
 KeepPolicy = Literal["never", "failed", "always"]
 Strategy = Literal["auto", "file_copy", "wal_log"]
 
+Isolation = Literal["branch", "clone", "rollback"]
+BackendName = Literal["auto", "postgres", "lakebase"]
+
 KEEP_CHOICES = ("never", "failed", "always")
 STRATEGY_CHOICES = ("auto", "file_copy", "wal_log")
+ISOLATION_CHOICES = ("branch", "clone", "rollback")
+BACKEND_CHOICES = ("auto", "postgres", "lakebase")
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,38 @@ def _choice(choices: tuple[str, ...]) -> Callable[[str, str], str]:
         return text
 
     return parse
+
+
+def parse_duration(value: str, where: str) -> int:
+    """Seconds from '90', '90s', '30m', '1h' or '7d'."""
+    text = value.strip().lower()
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    factor = units.get(text[-1:], 0)
+    number = text[:-1] if factor else text
+    try:
+        seconds = int(float(number) * (factor or 1))
+    except ValueError:
+        raise ConfigError(f"{where}: expected a duration such as 900, 15m, 1h or 7d, got {value!r}") from None
+    if seconds <= 0:
+        raise ConfigError(f"{where}: the duration must be positive, got {value!r}")
+    return seconds
+
+
+def _count(value: str, where: str) -> int:
+    try:
+        number = int(value.strip())
+    except ValueError:
+        raise ConfigError(f"{where}: expected a whole number, got {value!r}") from None
+    if number < 1:
+        raise ConfigError(f"{where}: must be at least 1, got {value!r}")
+    return number
+
+
+def _port(value: str, where: str) -> int:
+    number = _count(value, where)
+    if number > 65535:
+        raise ConfigError(f"{where}: {value!r} is not a port number")
+    return number
 
 
 def _revision(value: str, where: str) -> str:
@@ -130,6 +167,101 @@ SPECS: tuple[Spec, ...] = (
         choices=STRATEGY_CHOICES,
     ),
     Spec(
+        "isolation",
+        "DBBRANCH_ISOLATION",
+        "dbbranch_isolation",
+        "How a function-scope test is isolated: branch (its own branch of the template), clone "
+        "(CREATE DATABASE inside a per-worker branch; fast on Lakebase) or rollback (a transaction "
+        "rolled back at teardown).",
+        default="branch",
+        parse=_choice(ISOLATION_CHOICES),
+        choices=ISOLATION_CHOICES,
+    ),
+    Spec(
+        "module_isolation",
+        "DBBRANCH_MODULE_ISOLATION",
+        "dbbranch_module_isolation",
+        "The same choice for module-scope branches.",
+        default="branch",
+        parse=_choice(ISOLATION_CHOICES),
+        choices=ISOLATION_CHOICES,
+    ),
+    Spec(
+        "backend",
+        "DBBRANCH_BACKEND",
+        "dbbranch_backend",
+        "Where branches live: postgres, lakebase, or auto (lakebase when a Lakebase project is set).",
+        default="auto",
+        parse=_choice(BACKEND_CHOICES),
+        choices=BACKEND_CHOICES,
+    ),
+    Spec(
+        "lakebase_project",
+        "DBBRANCH_LAKEBASE_PROJECT",
+        "dbbranch_lakebase_project",
+        "Lakebase project id (projects/<id>); authentication is databricks-sdk's own "
+        "(DATABRICKS_* variables, ~/.databrickscfg).",
+    ),
+    Spec(
+        "lakebase_profile",
+        "DBBRANCH_LAKEBASE_PROFILE",
+        "dbbranch_lakebase_profile",
+        "Profile of ~/.databrickscfg to authenticate with.",
+    ),
+    Spec(
+        "lakebase_source_time",
+        "DBBRANCH_LAKEBASE_SOURCE_TIME",
+        "dbbranch_lakebase_source_time",
+        "Branch the source at this point in time (RFC 3339), instead of its current state.",
+    ),
+    Spec(
+        "lakebase_ttl",
+        "DBBRANCH_LAKEBASE_TTL",
+        "dbbranch_lakebase_ttl",
+        "TTL of test branches, so a crashed run's branches expire on their own (default 1h).",
+        default=3600,
+        parse=parse_duration,
+    ),
+    Spec(
+        "lakebase_template_ttl",
+        "DBBRANCH_LAKEBASE_TEMPLATE_TTL",
+        "dbbranch_lakebase_template_ttl",
+        "TTL of migrated template branches, reused across runs until then (default 7d).",
+        default=7 * 86400,
+        parse=parse_duration,
+    ),
+    Spec(
+        "lakebase_budget",
+        "DBBRANCH_LAKEBASE_BUDGET",
+        "dbbranch_lakebase_budget",
+        "Most Lakebase branches this machine's workers hold at once (default 6; projects allow "
+        "about 10 unarchived branches).",
+        default=6,
+        parse=_count,
+    ),
+    Spec(
+        "lakebase_port",
+        "DBBRANCH_LAKEBASE_PORT",
+        "dbbranch_lakebase_port",
+        "PostgreSQL port of Lakebase endpoints (5432; the emulator prints its own).",
+        default=5432,
+        parse=_port,
+    ),
+    Spec(
+        "lakebase_sslmode",
+        "DBBRANCH_LAKEBASE_SSLMODE",
+        "dbbranch_lakebase_sslmode",
+        "sslmode for Lakebase connections (default require).",
+        default="require",
+    ),
+    Spec(
+        "lakebase_database",
+        "DBBRANCH_LAKEBASE_DATABASE",
+        "dbbranch_lakebase_database",
+        "Database to connect to on each Lakebase branch (default databricks_postgres).",
+        default="databricks_postgres",
+    ),
+    Spec(
         "embedded_dir",
         "DBBRANCH_EMBEDDED_DIR",
         "dbbranch_embedded_dir",
@@ -141,7 +273,7 @@ SPECS: tuple[Spec, ...] = (
 SPECS_BY_NAME = {spec.name: spec for spec in SPECS}
 
 #: Settings a marker or a factory may change for one fixture.
-OVERRIDABLE = ("url", "source", "alembic_ini", "revision", "keep")
+OVERRIDABLE = ("url", "source", "alembic_ini", "revision", "keep", "isolation")
 
 
 @dataclass(frozen=True)
@@ -156,6 +288,18 @@ class Settings:
     keep: KeepPolicy = "never"
     rebuild: bool = False
     strategy: Strategy = "auto"
+    isolation: Isolation = "branch"
+    module_isolation: Isolation = "branch"
+    backend: BackendName = "auto"
+    lakebase_project: str | None = None
+    lakebase_profile: str | None = None
+    lakebase_source_time: str | None = None
+    lakebase_ttl: int = 3600
+    lakebase_template_ttl: int = 7 * 86400
+    lakebase_budget: int = 6
+    lakebase_port: int = 5432
+    lakebase_sslmode: str = "require"
+    lakebase_database: str = "databricks_postgres"
     embedded_dir: str | None = None
     root: Path = field(default_factory=Path.cwd)
     #: Where each value came from, for error messages ("--dbbranch-source", "DBBRANCH_URL"...).
@@ -186,6 +330,19 @@ class Settings:
         """Human-readable name of the place this setting was taken from."""
         spec = SPECS_BY_NAME[name]
         return self.origins.get(name, f"{spec.option} / {spec.env} / ini {spec.ini}")
+
+    @property
+    def backend_name(self) -> str:
+        if self.backend == "auto":
+            return "lakebase" if self.lakebase_project else "postgres"
+        return self.backend
+
+    def isolation_for(self, scope: str) -> Isolation:
+        if scope == "function":
+            return self.isolation
+        if scope == "module":
+            return self.module_isolation
+        return "branch"
 
     def resolve_path(self, value: str) -> Path:
         path = Path(value).expanduser()

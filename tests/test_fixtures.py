@@ -474,3 +474,32 @@ def test_concurrent_runs_on_other_machines_build_the_template_once(
     assert alembic_project.runs == 1
     assert sum("1 built" in out for out in outputs) == 1
     assert our_branches(embedded_url) == []
+
+
+def test_rollback_isolation_shares_one_branch_per_worker(
+    pytester: pytest.Pytester, alembic_project: AlembicProject, embedded_url: str
+) -> None:
+    write_tests(
+        pytester,
+        "test_rb",
+        """
+        import psycopg, pytest
+
+        @pytest.mark.parametrize("i", range(6))
+        def test_writes_are_rolled_back(db_branch, db_branch_info, i):
+            assert db_branch.execute("SELECT count(*) FROM widgets").fetchone()[0] == 1
+            db_branch.execute("INSERT INTO widgets (name) VALUES ('temp')")
+            with open("hosts.txt", "a") as f:
+                f.write(db_branch_info.name + "\\n")
+
+        def test_commit_is_refused(db_branch):
+            with pytest.raises(psycopg.ProgrammingError):
+                db_branch.commit()
+    """,
+    )
+    result = run_inner(pytester, embedded_url, "--dbbranch-isolation", "rollback", "-n", "2")
+    result.assert_outcomes(passed=7)
+    hosts = set((pytester.path / "hosts.txt").read_text().split())
+    assert 1 <= len(hosts) <= 2, "one shared branch per worker"
+    result.stdout.fnmatch_lines(["*branches: 2 created, 2 dropped*"])
+    assert our_branches(embedded_url) == []

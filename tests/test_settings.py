@@ -31,6 +31,8 @@ def two_values(spec: Spec) -> list[tuple[str, Any]]:
     if spec.choices:
         others = [c for c in spec.choices if c != spec.default]
         return [(others[0].upper(), others[0]), (others[1], others[1])]
+    if isinstance(spec.default, int):
+        return [(str(spec.default + 17), spec.default + 17), (str(spec.default + 23), spec.default + 23)]
     return [(f"{spec.name}-one", f"{spec.name}-one"), (f"{spec.name}-two", f"{spec.name}-two")]
 
 
@@ -90,14 +92,18 @@ def test_higher_level_wins(spec: Spec, higher: str, lower: str, swap: bool, tmp_
 
 def test_all_levels_at_once(tmp_path: Path) -> None:
     for spec in SPECS:
-        given = {level: f"{spec.name}-{level}" for level in LEVELS}
+        numeric = isinstance(spec.default, int) and not spec.flag
+        given = {
+            level: (str(100 + i) if numeric else f"{spec.name}-{level}") for i, level in enumerate(LEVELS)
+        }
         if spec.name not in OVERRIDABLE:
             del given["override"]
         if spec.flag or spec.choices:
             continue  # covered pairwise: too few distinct values to give each level its own
         settings = build(spec, given, tmp_path)
         top = next(level for level in LEVELS if level in given)
-        assert getattr(settings, spec.name) == given[top], spec.name
+        expected: Any = int(given[top]) if numeric else given[top]
+        assert getattr(settings, spec.name) == expected, spec.name
         assert settings.origin(spec.name) == origin_label(spec, top)
 
 
