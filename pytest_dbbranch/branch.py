@@ -72,7 +72,15 @@ class Branch:
 
     def connect(self, **kwargs: Any) -> psycopg.Connection[Any]:
         """A new connection to this branch; closed for you at teardown if still open."""
-        conn = psycopg.connect(self.conninfo, **kwargs)
+        try:
+            conn = psycopg.connect(self.conninfo, **kwargs)
+        except psycopg.OperationalError as exc:
+            # A rotated or revoked token shows up only at login: get a new one, once.
+            forget = getattr(self._backend, "forget_credentials", None)
+            if forget is None or "password authentication failed" not in str(exc):
+                raise
+            forget(self.name)
+            conn = psycopg.connect(self.conninfo, **kwargs)
         self._extra.append(conn)
         return conn
 

@@ -91,11 +91,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     listing.add_argument("--json", action="store_true", help="machine-readable output")
     listing.set_defaults(func=cmd_list)
+    emulator = sub.add_parser(
+        "emulator",
+        help="serve a local Lakebase emulator (REST API + PostgreSQL proxy) backed by PostgreSQL",
+        add_help=False,
+    )
+    emulator.set_defaults(func=cmd_emulator)
     return parser
 
 
+def cmd_emulator(args: argparse.Namespace) -> int:
+    """Hand the remaining arguments to the emulator's own parser (``--help`` included)."""
+    from .lakebase_emulator import main as emulator_main
+
+    return emulator_main(list(args.rest))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args, rest = build_parser().parse_known_args(argv)
+    if rest and args.command != "emulator":
+        build_parser().error(f"unrecognized arguments: {' '.join(rest)}")
+    args.rest = rest
     try:
         return int(args.func(args))
     except DbBranchError as exc:

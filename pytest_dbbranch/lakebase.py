@@ -264,7 +264,7 @@ class LakebaseBackend:
                     ),
                     conflict=True,
                 )
-                self._wait(operation.name, f"create branch {name}")
+                self._wait(operation.name(), f"create branch {name}")
                 return
             except LakebaseOperationError as exc:
                 if exc.code != "RESOURCE_EXHAUSTED" or time.monotonic() > deadline:
@@ -280,7 +280,7 @@ class LakebaseBackend:
         except LookupError:
             return
         try:
-            self._wait(operation.name, f"delete branch {name}")
+            self._wait(operation.name(), f"delete branch {name}")
         except LakebaseOperationError as exc:
             if exc.code not in ("NOT_FOUND", "RESOURCE_DOES_NOT_EXIST"):
                 raise
@@ -379,7 +379,7 @@ class LakebaseBackend:
                     ),
                     conflict=True,
                 )
-                self._wait(operation.name, f"create an endpoint for {name}")
+                self._wait(operation.name(), f"create an endpoint for {name}")
             except BranchExistsError:
                 pass  # created concurrently (another worker, or implicitly by the service)
             endpoint = self._api(
@@ -412,10 +412,24 @@ class LakebaseBackend:
             self._credentials[endpoint] = (credential.token, now, float(expires_at))
         return str(credential.token)
 
+    def forget_credentials(self, name: str) -> None:
+        """Drop the cached token of ``name``'s endpoint (it was refused at login)."""
+        with self._mutex:
+            cached = self._hosts.get(name)
+            if cached is not None:
+                self._credentials.pop(cached[1], None)
+
     def _connect(self, name: str) -> psycopg.Connection[Any]:
         address = self.address(name)
         try:
-            return psycopg.connect(address.conninfo(), autocommit=True, connect_timeout=30)
+            try:
+                return psycopg.connect(address.conninfo(), autocommit=True, connect_timeout=30)
+            except psycopg.OperationalError as exc:
+                if "password authentication failed" not in str(exc):
+                    raise
+                self.forget_credentials(name)
+                address = self.address(name)
+                return psycopg.connect(address.conninfo(), autocommit=True, connect_timeout=30)
         except psycopg.OperationalError as exc:
             raise ServerError(
                 f"cannot connect to Lakebase branch {name} at {address.display_url()}: "
