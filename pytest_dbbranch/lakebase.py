@@ -323,28 +323,28 @@ class LakebaseBackend:
                 raise LookupError(what) from None
             except errors.ResourceConflict as exc:
                 if conflict:
-                    raise BranchExistsError(f"Lakebase: {what}: {exc}") from None
-                raise DbBranchError(f"Lakebase: cannot {what}: {exc}") from None
+                    raise BranchExistsError(f"Lakebase: {what}: {_message(exc)}") from None
+                raise DbBranchError(f"Lakebase: cannot {what}: {_message(exc)}") from None
             except errors.Unauthenticated as exc:
                 raise ServerError(
-                    f"Lakebase rejected the credentials while trying to {what} (401: {exc}); the "
+                    f"Lakebase rejected the credentials while trying to {what} (401: {_message(exc)}); the "
                     "token is missing, wrong or expired: refresh it (DATABRICKS_TOKEN, "
                     "`databricks auth login`, or dbbranch_lakebase_profile)"
                 ) from None
             except errors.PermissionDenied as exc:
                 raise ServerError(
-                    f"Lakebase refused to {what} (403: {exc}); the identity needs CAN MANAGE on "
+                    f"Lakebase refused to {what} (403: {_message(exc)}); the identity needs CAN MANAGE on "
                     f"{self.project}"
                 ) from None
             except (errors.TooManyRequests, errors.TemporarilyUnavailable, TimeoutError) as exc:
                 attempt += 1
                 if time.monotonic() > deadline:
                     raise ServerError(
-                        f"Lakebase kept refusing to {what} (rate limited or unavailable: {exc})"
+                        f"Lakebase kept refusing to {what} (rate limited or unavailable: {_message(exc)})"
                     ) from None
                 _backoff(attempt)
             except errors.BadRequest as exc:
-                raise DbBranchError(f"Lakebase rejected the request to {what}: {exc}") from None
+                raise DbBranchError(f"Lakebase rejected the request to {what}: {_message(exc)}") from None
 
     # -- endpoints, credentials, tags -------------------------------------------------------
 
@@ -462,6 +462,11 @@ class LakebaseBackend:
             with self._mutex:
                 self._tags[name] = tag
         return tag
+
+
+def _message(exc: BaseException) -> str:
+    """The service's own words, without the SDK's appended client configuration dump."""
+    return str(exc).split(". Config: ", 1)[0]
 
 
 def _backoff(attempt: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
@@ -195,3 +196,22 @@ def db_branch_session(db_branch_session_info: Branch) -> psycopg.Connection[Any]
 def db_branch_engine(db_branch_info: Branch) -> Any:
     """A SQLAlchemy engine bound to this test's branch."""
     return db_branch_info.engine()
+
+
+@pytest.fixture(scope="session")
+def lakebase_emulator(dbbranch_manager: BranchManager) -> Iterator[Any]:
+    """A Lakebase emulator for this session, backed by the run's PostgreSQL server (the
+    embedded one unless a URL is configured), with a project ``demo``. Point a
+    ``databricks.sdk.WorkspaceClient(host=emulator.url, token=emulator.token)`` at it."""
+    from .lakebase_emulator import LakebaseEmulator
+    from .postgres import PostgresBackend
+
+    backend = dbbranch_manager.backend(dataclasses.replace(dbbranch_manager.settings, backend="postgres"))
+    assert isinstance(backend, PostgresBackend)
+    emulator = LakebaseEmulator(backend.server, auto_endpoint=True)
+    emulator.start()
+    emulator.create_project("demo")
+    try:
+        yield emulator
+    finally:
+        emulator.stop()

@@ -80,6 +80,11 @@ class PostgresBackend:
     kind = "postgres"
     has_global_lock = True
 
+    @property
+    def server(self) -> ServerAddress:
+        """The maintenance address (password included): for tools that need the server."""
+        return self._address
+
     def source_parent(self, source: Source, run_id: str) -> str:
         return ensure_source(source, self, run_id)
 

@@ -61,3 +61,9 @@ def test_list_unreachable_server_exits_2() -> None:
     assert result.returncode == 2
     assert "cannot connect to PostgreSQL" in result.stderr
     assert "topsecret" not in result.stderr + result.stdout
+
+
+def test_emulator_help() -> None:
+    result = dbbranch("emulator", "--help")
+    assert result.returncode == 0
+    assert "--backing-url" in result.stdout and "--project" in result.stdout

@@ -362,3 +362,50 @@ def test_default_and_protected_branches_are_never_deleted(
     with pytest.raises(NotOursError, match="default or a protected branch"):
         backend.drop("production")
     assert emulator.database_of(PROJECT, "production")
+
+
+def test_permission_denied_is_a_clear_error(
+    pytester: pytest.Pytester,
+    alembic_project: AlembicProject,
+    emulator: LakebaseEmulator,
+    lakebase_env: dict[str, str],
+) -> None:
+    emulator.inject(
+        times=1,
+        status=403,
+        error_code="PERMISSION_DENIED",
+        message="no CAN MANAGE",
+        method="POST",
+        path_contains="/branches",
+    )
+    write_tests(pytester, "test_d", "def test_a(db_branch):\n    pass\n")
+    result = run_inner(pytester, None, **lakebase_env)
+    _clean_failure(
+        result, "*Lakebase refused to create branch dbbt-* (403: no CAN MANAGE)*CAN MANAGE on projects/demo*"
+    )
+    assert [b for b in emulator.branches(PROJECT) if "dbb" in b["name"]] == []
+
+
+def test_emulator_fixture_for_users(pytester: pytest.Pytester, embedded_url: str) -> None:
+    write_tests(
+        pytester,
+        "test_u",
+        """
+        import psycopg
+        from databricks.sdk import WorkspaceClient
+        from databricks.sdk.core import Config
+
+        def test_sdk_against_the_fixture(lakebase_emulator, monkeypatch, tmp_path):
+            monkeypatch.setenv("HOME", str(tmp_path))
+            w = WorkspaceClient(config=Config(host=lakebase_emulator.url, token=lakebase_emulator.token))
+            branches = [b.name for b in w.postgres.list_branches("projects/demo")]
+            assert branches == ["projects/demo/branches/production"]
+            endpoint = next(iter(w.postgres.list_endpoints(branches[0])))
+            token = w.postgres.generate_database_credential(endpoint=endpoint.name).token
+            with psycopg.connect(host=endpoint.status.hosts.host, port=lakebase_emulator.pg_port,
+                                 dbname="databricks_postgres", user=lakebase_emulator.user_name,
+                                 password=token, sslmode="require") as conn:
+                assert conn.execute("SELECT 1").fetchone() == (1,)
+    """,
+    )
+    run_inner(pytester, embedded_url).assert_outcomes(passed=1)
