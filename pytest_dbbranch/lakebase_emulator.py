@@ -272,6 +272,7 @@ class LakebaseEmulator:
         self._credentials: dict[str, _Credential] = {}
         self._faults: list[_Fault] = []
         self._calls: Counter[str] = Counter()
+        self._user_agents: set[str] = set()
         self._revoked: str | None = None
         self._workers: set[threading.Thread] = set()
         self._http: _HttpServer | None = None
@@ -440,6 +441,11 @@ class LakebaseEmulator:
     def calls(self) -> dict[str, int]:
         with self._lock:
             return dict(self._calls)
+
+    def user_agents(self) -> set[str]:
+        """User-Agent headers seen, so a client can prove it names itself."""
+        with self._lock:
+            return set(self._user_agents)
 
     def branches(self, project_id: str) -> list[dict[str, Any]]:
         with self._lock:
@@ -701,6 +707,7 @@ class LakebaseEmulator:
         kind = route[0] if route else "unknown"
         with self._lock:
             self._calls[f"{method} {kind}"] += 1
+            self._user_agents.add(str(headers.get("User-Agent", "")))
         if kind == "host_metadata":
             return _Reply(200, {})
         fault = self._take_fault(method, target, kind)

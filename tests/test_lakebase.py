@@ -100,6 +100,7 @@ def test_three_scopes_on_lakebase(
     result = run_inner(pytester, None, **lakebase_env)
     result.assert_outcomes(passed=4)
     assert alembic_project.runs == 1
+    assert any(agent.startswith("pytest-dbbranch/") for agent in emulator.user_agents())
     assert live_test_branches(emulator) == []
     # The production branch is untouched: still 50 customers, no migrations.
     production = emulator.database_of(PROJECT, "production")
@@ -297,6 +298,7 @@ def test_transient_faults_are_retried(
         times=1, status=429, error_code="RESOURCE_EXHAUSTED", retry_after=0.2, path_contains="/branches"
     )
     emulator.inject(times=1, drop_connection=True, path_contains="/operations/")
+    emulator.inject(times=2, delay=0.5, path_contains="/endpoints")
     emulator.inject(
         times=1,
         operation_error=True,
