@@ -76,6 +76,8 @@ class BranchRecord:
     is_template: bool = False
     allows_connections: bool = True
     size_bytes: int | None = None
+    #: When the service will delete it by itself (Lakebase TTL); None where nothing expires.
+    expires_at: float | None = None
 
     @property
     def ready(self) -> bool:

@@ -1,103 +1,205 @@
-"""``dbbranch``: the same branch machinery from a shell."""
+"""``dbbranch``: the plugin's branch machinery from a shell.
+
+Exit codes: 0 done; 1 nothing to do or a check found something (``delete`` of a branch that
+does not exist, ``diff --fail-on-breaking`` with breaking changes); 2 an error to fix
+(configuration, server, migration); 3 refused (the branch was not created by this tool).
+"""
 
 from __future__ import annotations
 
 import argparse
+import configparser
 import json
 import os
 import sys
 import time
+import tomllib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from .errors import DbBranchError
+from .errors import DbBranchError, NotOursError
 from .manager import BranchManager
-from .settings import resolve
+from .settings import SPECS, Settings, resolve
+
+EXIT_OK, EXIT_NOTHING, EXIT_ERROR, EXIT_REFUSED = 0, 1, 2, 3
+
+
+def ini_values(folder: Path) -> tuple[dict[str, str], Path]:
+    """dbbranch_* values from the same files pytest reads, first match wins (as in pytest):
+    pytest.ini, pyproject.toml [tool.pytest.ini_options], tox.ini / setup.cfg [pytest]."""
+    for directory in (folder, *folder.parents):
+        pytest_ini = directory / "pytest.ini"
+        if pytest_ini.is_file():
+            return _from_cfg(pytest_ini, "pytest"), directory
+        pyproject = directory / "pyproject.toml"
+        if pyproject.is_file():
+            options = tomllib.loads(pyproject.read_text()).get("tool", {}).get("pytest", {})
+            if "ini_options" in options:
+                return _strip(options["ini_options"]), directory
+        for name, section in (("tox.ini", "pytest"), ("setup.cfg", "tool:pytest")):
+            path = directory / name
+            if path.is_file():
+                values = _from_cfg(path, section)
+                if values:
+                    return values, directory
+    return {}, folder
+
+
+def _from_cfg(path: Path, section: str) -> dict[str, str]:
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(path)
+    return _strip(dict(parser[section])) if parser.has_section(section) else {}
+
+
+def _strip(options: dict[str, Any]) -> dict[str, str]:
+    return {k.removeprefix("dbbranch_"): str(v) for k, v in options.items() if k.startswith("dbbranch_")}
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    """Flags > environment > ini > defaults: the plugin's own precedence."""
+    ini, root = ini_values(Path.cwd())
+    options = {spec.name: getattr(args, spec.name, None) for spec in SPECS}
+    return resolve(options=options, env=os.environ, ini=ini, root=root)
+
+
+def _manager(args: argparse.Namespace) -> BranchManager:
+    return BranchManager(settings_from(args), run_id="cli" + str(os.getpid()), reap_on_start=False)
+
+
+def _print_json(data: Any) -> None:
+    json.dump(data, sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    settings = resolve(
-        options={"url": args.url, "embedded_dir": args.embedded_dir},
-        env=os.environ,
-        ini=_ini_values(Path.cwd()),
-        root=Path.cwd(),
-    )
-    manager = BranchManager(settings, run_id="cli")
+    manager = _manager(args)
     try:
         records = manager.backend().list_ours()
     finally:
         manager.close()
     now = time.time()
-    rows = [
-        {
-            "name": r.name,
-            "kind": r.tag.kind,
-            "run": r.tag.run,
-            "parent": r.tag.parent,
-            "age_seconds": round(now - r.tag.created, 1),
-            "ready": r.ready,
-            "kept": r.tag.kept,
-            "size_bytes": r.size_bytes,
-        }
-        for r in records
-    ]
     if args.json:
-        json.dump(rows, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-        return 0
-    if not rows:
+        _print_json(
+            [
+                {
+                    "name": r.name,
+                    "kind": r.tag.kind,
+                    "run": r.tag.run,
+                    "parent": r.tag.parent,
+                    "age_seconds": round(now - r.tag.created, 1),
+                    "ready": r.ready,
+                    "kept": r.tag.kept,
+                    "size_bytes": r.size_bytes,
+                    "host": r.tag.host,
+                    "pid": r.tag.pid,
+                }
+                for r in records
+            ]
+        )
+        return EXIT_OK
+    if not records:
         print("no branches created by pytest-dbbranch on this server")
-        return 0
-    print(f"{'NAME':<64} {'KIND':<9} {'RUN':<10} {'AGE':>8} {'SIZE':>9} PARENT")
+        return EXIT_OK
+    print(f"{'NAME':<64} {'KIND':<9} {'RUN':<12} {'AGE':>6} {'SIZE':>9} PARENT")
     for record in records:
         size = f"{record.size_bytes / 1e6:.1f}MB" if record.size_bytes else "-"
-        age = _age(now - record.tag.created)
+        kind = record.tag.kind + ("*" if record.tag.kept else "")
         print(
-            f"{record.name:<64} {record.tag.kind:<9} {record.tag.run:<10} {age:>8} {size:>9} "
-            f"{record.tag.parent}"
+            f"{record.name:<64} {kind:<9} {record.tag.run:<12} {_age(now - record.tag.created):>6} "
+            f"{size:>9} {record.tag.parent}"
         )
-    return 0
+    return EXIT_OK
 
 
-def _age(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.0f}{unit}"
-    return f"{seconds:.0f}s"
+def cmd_create(args: argparse.Namespace) -> int:
+    """A migrated branch for a person to use: kept, so neither the reaper nor gc (without
+    --older-than) takes it away."""
+    from dataclasses import replace
+
+    manager = _manager(args)
+    try:
+        settings = replace(manager.settings, keep="always")
+        branch = manager.create(settings, scope="session", node_id=args.name or "cli")
+        manager.release(branch)
+        url = branch.url if args.show_password else branch.display_url
+        if args.json:
+            _print_json(
+                {
+                    "name": branch.name,
+                    "url": url,
+                    "sqlalchemy_url": branch.sqlalchemy_url if args.show_password else None,
+                    "template": manager.template(settings),
+                }
+            )
+        else:
+            print(url)
+    finally:
+        manager.close()
+    return EXIT_OK
 
 
-def _ini_values(folder: Path) -> dict[str, str]:
-    """dbbranch_* values from pyproject.toml's [tool.pytest.ini_options], when present."""
-    import tomllib
+def cmd_delete(args: argparse.Namespace) -> int:
+    manager = _manager(args)
+    try:
+        backend = manager.backend()
+        if not backend.exists(args.name):
+            print(f"dbbranch: no branch named {args.name!r}", file=sys.stderr)
+            return EXIT_NOTHING
+        backend.drop(args.name)
+    finally:
+        manager.close()
+    print(f"deleted {args.name}")
+    return EXIT_OK
 
-    path = folder / "pyproject.toml"
-    if not path.is_file():
-        return {}
-    data = tomllib.loads(path.read_text())
-    options = data.get("tool", {}).get("pytest", {}).get("ini_options", {})
-    return {k.removeprefix("dbbranch_"): str(v) for k, v in options.items() if k.startswith("dbbranch_")}
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    from .gc import collect, find_garbage
+    from .settings import parse_duration
+
+    older = parse_duration(args.older_than, "--older-than") if args.older_than else None
+    manager = _manager(args)
+    try:
+        backend = manager.backend()
+        garbage = find_garbage(backend.list_ours(), older_than=older, include_kept=args.include_kept)
+        deleted, failed = ([], []) if args.dry_run else collect(backend, garbage)
+    finally:
+        manager.close()
+    if args.json:
+        _print_json(
+            {
+                "dry_run": args.dry_run,
+                "candidates": [g.to_dict() for g in garbage],
+                "deleted": [g.record.name for g in deleted],
+                "failed": [{"name": g.record.name, "error": err} for g, err in failed],
+            }
+        )
+    else:
+        verb = "would delete" if args.dry_run else "deleted"
+        done = garbage if args.dry_run else deleted
+        for item in done:
+            print(f"{verb} {item.record.name}  ({item.reason})")
+        for item, error in failed:
+            print(f"could not delete {item.record.name}: {error}", file=sys.stderr)
+        if not garbage:
+            print("nothing to delete")
+    return EXIT_ERROR if failed else EXIT_OK
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="dbbranch", description="Manage database branches made by pytest-dbbranch."
-    )
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--url", help="server URL (default: DBBRANCH_URL, else the embedded server)")
-    common.add_argument("--embedded-dir", help="embedded server folder (DBBRANCH_EMBEDDED_DIR)")
-    sub = parser.add_subparsers(dest="command", required=True)
-    listing = sub.add_parser(
-        "list", parents=[common], help="branches, templates and sources this tool created"
-    )
-    listing.add_argument("--json", action="store_true", help="machine-readable output")
-    listing.set_defaults(func=cmd_list)
-    emulator = sub.add_parser(
-        "emulator",
-        help="serve a local Lakebase emulator (REST API + PostgreSQL proxy) backed by PostgreSQL",
-        add_help=False,
-    )
-    emulator.set_defaults(func=cmd_emulator)
-    return parser
+def cmd_diff(args: argparse.Namespace) -> int:
+    from .diff import render_json, render_markdown
+
+    manager = _manager(args)
+    try:
+        diff = manager.schema_diff()
+    finally:
+        manager.close()
+    text = render_json(diff) if args.format == "json" else render_markdown(diff)
+    if args.output:
+        Path(args.output).write_text(text)
+    else:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    return EXIT_NOTHING if args.fail_on_breaking and diff.breaking else EXIT_OK
 
 
 def cmd_emulator(args: argparse.Namespace) -> int:
@@ -107,16 +209,88 @@ def cmd_emulator(args: argparse.Namespace) -> int:
     return emulator_main(list(args.rest))
 
 
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dbbranch",
+        description="Database branches made by pytest-dbbranch, from the shell. Settings come from "
+        "flags, DBBRANCH_* variables and the dbbranch_* ini values pytest reads.",
+        epilog="exit codes: 0 done, 1 nothing to do / breaking changes found, 2 error, 3 refused",
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", help="server URL (DBBRANCH_URL; default: the embedded server)")
+    common.add_argument("--embedded-dir", dest="embedded_dir", help="embedded server folder")
+    common.add_argument("--lakebase-project", dest="lakebase_project", help="use a Lakebase project")
+    common.add_argument("--json", action="store_true", help="machine-readable output")
+    project = argparse.ArgumentParser(add_help=False)
+    project.add_argument("--source", help="production snapshot: database, dump file or 'empty'")
+    project.add_argument("--alembic-ini", dest="alembic_ini", help="path of alembic.ini")
+    project.add_argument("--revision", help="target revision (default head)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    listing = sub.add_parser(
+        "list", parents=[common], help="branches, templates and sources this tool created"
+    )
+    listing.set_defaults(func=cmd_list)
+
+    create = sub.add_parser(
+        "create", parents=[common, project], help="fork a migrated branch of the source and print its URL"
+    )
+    create.add_argument("--name", help="words to put in the branch name")
+    create.add_argument("--show-password", action="store_true", help="print the URL with the password")
+    create.set_defaults(func=cmd_create)
+
+    delete = sub.add_parser("delete", parents=[common], help="delete a branch this tool created")
+    delete.add_argument("name")
+    delete.set_defaults(func=cmd_delete)
+
+    gc = sub.add_parser(
+        "gc",
+        parents=[common],
+        help="delete branches of dead or finished runs, stale templates, expired branches",
+    )
+    gc.add_argument("--older-than", dest="older_than", help="also delete branches older than this (e.g. 2h)")
+    gc.add_argument("--include-kept", action="store_true", help="kept branches of dead runs go too")
+    gc.add_argument("--dry-run", action="store_true", help="show what would be deleted")
+    gc.set_defaults(func=cmd_gc)
+
+    diff = sub.add_parser(
+        "diff",
+        parents=[common, project],
+        help="schema difference between the source and the migrated template",
+    )
+    diff.add_argument("--format", choices=("markdown", "json"), default="markdown")
+    diff.add_argument("--output", help="write to this file instead of standard output")
+    diff.add_argument("--fail-on-breaking", action="store_true", help="exit 1 when a change is breaking")
+    diff.set_defaults(func=cmd_diff)
+
+    emulator = sub.add_parser(
+        "emulator", add_help=False, help="serve a local Lakebase emulator (REST API + PostgreSQL proxy)"
+    )
+    emulator.set_defaults(func=cmd_emulator)
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args, rest = build_parser().parse_known_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
     if rest and args.command != "emulator":
-        build_parser().error(f"unrecognized arguments: {' '.join(rest)}")
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     args.rest = rest
     try:
         return int(args.func(args))
+    except NotOursError as exc:
+        print(f"dbbranch: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
     except DbBranchError as exc:
         print(f"dbbranch: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

@@ -191,6 +191,8 @@ class LakebaseBackend:
                         tag=tag,
                         is_template=tag.kind == "template",
                         allows_connections=not tag.ready,
+                        size_bytes=_int(getattr(branch.status, "logical_size_bytes", None)),
+                        expires_at=_seconds(getattr(branch.status, "expire_time", None)),
                     )
                 )
         return records
@@ -472,6 +474,13 @@ def _message(exc: BaseException) -> str:
 def _backoff(attempt: int) -> None:
     """Exponential with full jitter, so workers that were refused together do not return together."""
     time.sleep(random.uniform(0, min(5.0, 0.2 * 2**attempt)))
+
+
+def _seconds(stamp: Any) -> float | None:
+    try:
+        return float(stamp.ToSeconds()) if stamp is not None else None
+    except (AttributeError, ValueError):
+        return None
 
 
 def _int(value: Any) -> int | None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import filelock
+import psycopg
 
 from . import migrate, names
 from .backend import Backend, BranchRecord, Tag, iter_stale_templates
@@ -31,7 +32,7 @@ from .source import EMPTY_PARENT, Source, parse_source
 from .stats import Stats
 
 
-class _TemplatePlan:
+class TemplatePlan:
     """Everything needed to build or find one template, computed without touching it."""
 
     def __init__(self, settings: Settings, backend: Backend) -> None:
@@ -80,8 +81,10 @@ class BranchManager:
         run_id: str | None = None,
         worker_id: str | None = None,
         stats: Stats | None = None,
+        reap_on_start: bool = True,
     ) -> None:
         self.settings = settings
+        self.reap_on_start = reap_on_start
         self.run_id = run_id or names.new_run_id()
         self.worker_id = worker_id
         self.stats = stats or Stats()
@@ -94,7 +97,7 @@ class BranchManager:
         self._embedded: EmbeddedServer | None = None
         self._templates: dict[tuple[Any, ...], str] = {}
         self._failures: dict[tuple[Any, ...], DbBranchError] = {}
-        self._plans: dict[str, _TemplatePlan] = {}
+        self._plans: dict[str, TemplatePlan] = {}
         self.kept: list[Branch] = []
 
     # -- backends ---------------------------------------------------------------------------
@@ -120,7 +123,27 @@ class BranchManager:
                     self._backend_failures[key] = exc
                     raise
                 self._backends[key] = backend
+                if self.reap_on_start and backend.kind == "postgres":
+                    self.reap(backend)
             return backend
+
+    def reap(self, backend: Backend) -> None:
+        """Drop branches whose run died (``kill -9``, a lost CI runner) on this machine.
+
+        Only one process of a run does it (the controller or the first xdist worker), and
+        only for runs it can prove dead: their process is gone from this host.
+        """
+        from .gc import collect, find_garbage
+
+        if self.worker_id not in (None, "master", "gw0"):
+            return
+        garbage = [
+            item
+            for item in find_garbage(backend.list_ours(), current_runs=[self.run_id])
+            if item.record.tag.kind == "branch" and "is gone" in item.reason
+        ]
+        deleted, _failed = collect(backend, garbage)
+        self.stats.branches_reaped += len(deleted)
 
     def _address(self, settings: Settings) -> ServerAddress:
         if settings.url:
@@ -168,7 +191,7 @@ class BranchManager:
 
     def _ensure_template(self, settings: Settings) -> str:
         backend = self.backend(settings)
-        plan = _TemplatePlan(settings, backend)
+        plan = TemplatePlan(settings, backend)
         self._plans[plan.name] = plan
         if self._reusable(backend.describe(plan.name), settings):
             self.stats.template_hits += 1
@@ -228,7 +251,7 @@ class BranchManager:
             return False
         return not settings.rebuild or record.tag.run == self.run_id
 
-    def _build(self, plan: _TemplatePlan, backend: Backend) -> None:
+    def _build(self, plan: TemplatePlan, backend: Backend) -> None:
         restoring = (
             plan.source.kind == "dump"
             and backend.describe(names.source_name(plan.source.identity.removeprefix("dump:"))) is None
@@ -255,7 +278,7 @@ class BranchManager:
             raise
         self.stats.template_builds += 1
 
-    def _drop_stale(self, plan: _TemplatePlan, backend: Backend) -> None:
+    def _drop_stale(self, plan: TemplatePlan, backend: Backend) -> None:
         """Older templates of the same project are garbage; one still in use stays."""
         for record in iter_stale_templates(backend.list_ours(), plan.project_key, plan.name):
             with contextlib.suppress(Exception):
@@ -363,6 +386,36 @@ class BranchManager:
         backend = self.backend(branch.settings)
         with self.stats.timed("migrate_seconds"):
             migrate.upgrade(project, backend.address(branch.name), revision)
+
+    # -- schema -----------------------------------------------------------------------------
+
+    def schema_diff(self, settings: Settings | None = None) -> Any:
+        """How the migrated template differs from the source (production), for reviewers."""
+        from .diff import diff_schemas
+
+        settings = settings or self.settings
+        template = self.template(settings)
+        backend = self.backend(settings)
+        plan = self._plans[template]
+        source = backend.source_parent(plan.source, self.run_id)
+        old = self.read_schema(source, settings, label="diff-source")
+        new = self.read_schema(template, settings, label="diff-template")
+        return diff_schemas(old, new)
+
+    def read_schema(self, parent: str, settings: Settings | None = None, *, label: str = "schema") -> Any:
+        """The schema of ``parent``, read on a throwaway branch of it: sealed templates accept
+        no connections, and a source is never connected to for longer than a fork."""
+        from .schema import read_schema
+
+        settings = settings or self.settings
+        backend = self.backend(settings)
+        name = names.branch_name(self.run_id, self.worker_id, "session", f"{label}:{parent}")
+        backend.fork(name, parent, Tag(kind="branch", run=self.run_id, parent=parent))
+        try:
+            with psycopg.connect(backend.address(name).conninfo()) as conn:
+                return read_schema(conn)
+        finally:
+            backend.drop(name)
 
     # -- lifetime ---------------------------------------------------------------------------
 

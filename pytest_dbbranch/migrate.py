@@ -105,6 +105,15 @@ class _RevisionTracker(logging.Handler):
 
 def upgrade(project: AlembicProject, address: ServerAddress, target: str) -> None:
     """Bring the database at ``address`` to ``target`` in one transaction (per env.py)."""
+    _run(project, address, target, "upgrade")
+
+
+def downgrade(project: AlembicProject, address: ServerAddress, target: str) -> None:
+    """Take the database at ``address`` back to ``target`` (used by the reversibility check)."""
+    _run(project, address, target, "downgrade")
+
+
+def _run(project: AlembicProject, address: ServerAddress, target: str, direction: str) -> None:
     from alembic import command
     from alembic.config import Config
     from sqlalchemy import create_engine
@@ -124,13 +133,32 @@ def upgrade(project: AlembicProject, address: ServerAddress, target: str) -> Non
     try:
         with engine.begin() as connection:
             config.attributes["connection"] = connection
-            command.upgrade(config, target)
+            getattr(command, direction)(config, target)
     except Exception as exc:
-        raise _migration_error(project, address, target, tracker.current, exc) from None
+        raise _migration_error(project, address, target, tracker.current, exc, direction) from None
     finally:
         logger.removeHandler(tracker)
         logger.setLevel(old_level)
         engine.dispose()
+
+
+def current_revisions(conn: Any, version_table: str = "alembic_version") -> tuple[str, ...]:
+    """Revisions recorded in the database (empty when Alembic never ran there)."""
+    from psycopg import sql
+
+    exists = conn.execute("SELECT to_regclass(%s)", (version_table,)).fetchone()
+    if not exists or exists[0] is None:
+        return ()
+    rows = conn.execute(sql.SQL("SELECT version_num FROM {}").format(sql.Identifier(version_table)))
+    return tuple(sorted(row[0] for row in rows.fetchall()))
+
+
+def revisions_since(project: AlembicProject, base: tuple[str, ...], target: str) -> list[Any]:
+    """Scripts that an upgrade from ``base`` to ``target`` applies, in the order it applies them."""
+    lower = base if base else "base"
+    scripts = list(project.script.iterate_revisions(target, lower))
+    scripts.reverse()
+    return [script for script in scripts if script.revision not in base]
 
 
 def _migration_error(
@@ -139,12 +167,13 @@ def _migration_error(
     target: str,
     announced: str | None,
     exc: Exception,
+    direction: str = "upgrade",
 ) -> MigrationError:
     revision = _revision_from_traceback(project, exc) or announced
     where = f"revision {revision}" if revision else f"the upgrade to {target}"
     statement = getattr(exc, "statement", None)
     original = getattr(exc, "orig", None) or exc
-    lines = [f"Alembic migration failed at {where} (upgrading a branch to {target!r})."]
+    lines = [f"Alembic migration failed at {where} ({direction[:-1]}ing a branch to {target!r})."]
     if revision:
         script = project.script.get_revision(revision)
         if script is not None:

@@ -13,7 +13,7 @@ import pytest
 
 from . import names
 from .branch import Branch
-from .errors import ConfigError
+from .errors import ConfigError, DbBranchError
 from .factories import MARKER, branch_fixture
 from .manager import BranchManager
 from .settings import SPECS, Settings, resolve
@@ -105,9 +105,49 @@ class _XdistHooks:
         self.config.stash[_STATE].kept_lines.extend(output.get("dbbranch_kept", []))
 
 
+class MigrationCheckItem(pytest.Item):
+    """One migration check as an ordinary test item: reported, selectable with -k."""
+
+    def __init__(self, *, check: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.check = check
+
+    def runtest(self) -> None:
+        from .checks import MigrationChecks
+
+        MigrationChecks(self.config.stash[_STATE].get_manager()).run(self.check)
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
+        if isinstance(excinfo.value, DbBranchError):
+            return f"migration check '{self.check}' failed:\n{excinfo.value}"
+        return super().repr_failure(excinfo)
+
+    def reportinfo(self) -> tuple[Any, int | None, str]:
+        return self.path, None, f"dbbranch migration check: {self.check}"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(
+    session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
+) -> None:
+    """Before -k and -m deselect, so the checks can be selected like any test."""
+    state = config.stash.get(_STATE, None)
+    if state is None or not state.settings.check_migrations:
+        return
+    from .checks import CHECKS
+
+    checks = [c for c in CHECKS if c != "models-match" or state.settings.models]
+    items[:0] = [
+        MigrationCheckItem.from_parent(session, name=f"dbbranch-migrations::{check}", check=check)
+        for check in checks
+    ]
+
+
 def pytest_sessionfinish(session: pytest.Session) -> None:
     state = session.config.stash.get(_STATE, None)
     workeroutput = getattr(session.config, "workeroutput", None)
+    if state is not None and workeroutput is None and state.settings.schema_diff:
+        _write_schema_diff(session, state)
     if state is None or workeroutput is None:
         return
     if state.manager is not None:
@@ -127,6 +167,29 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
                     (_SECTION, f"branch {branch.name} is kept for inspection: {branch.display_url}\n")
                 )
     return report
+
+
+def _write_schema_diff(session: pytest.Session, state: _RunState) -> None:
+    """The review artefact of a run: written by the controller once, after the tests."""
+    from .diff import render_json, render_markdown
+
+    settings = state.settings
+    assert settings.schema_diff is not None
+    path = settings.resolve_path(settings.schema_diff)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    try:
+        diff = state.get_manager().schema_diff()
+    except DbBranchError as exc:
+        if reporter is not None:
+            reporter.write_line(f"pytest-dbbranch: no schema diff written: {exc}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        return
+    text = render_json(diff) if settings.diff_format == "json" else render_markdown(diff)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    if reporter is not None:
+        breaking = f", {len(diff.breaking)} breaking" if diff.breaking else ""
+        reporter.write_line(f"pytest-dbbranch: schema diff ({len(diff.changes)} changes{breaking}) -> {path}")
 
 
 def _branches_of(item: pytest.Item) -> Iterator[Branch]:

@@ -187,6 +187,38 @@ SPECS: tuple[Spec, ...] = (
         choices=ISOLATION_CHOICES,
     ),
     Spec(
+        "check_migrations",
+        "DBBRANCH_CHECK_MIGRATIONS",
+        "dbbranch_check_migrations",
+        "Add the migration checks (single head, applies, idempotent, reversible, models match) "
+        "as test items.",
+        default=False,
+        parse=_parse_bool,
+        flag=True,
+    ),
+    Spec(
+        "models",
+        "DBBRANCH_MODELS",
+        "dbbranch_models",
+        "SQLAlchemy MetaData (or declarative base) the migrated schema must match, as "
+        "'package.module:metadata'; enables the models-match check.",
+    ),
+    Spec(
+        "schema_diff",
+        "DBBRANCH_SCHEMA_DIFF",
+        "dbbranch_schema_diff",
+        "Write the schema difference between the source and the migrated template to this file.",
+    ),
+    Spec(
+        "diff_format",
+        "DBBRANCH_DIFF_FORMAT",
+        "dbbranch_diff_format",
+        "Format of the schema diff: markdown or json.",
+        default="markdown",
+        parse=_choice(("markdown", "json")),
+        choices=("markdown", "json"),
+    ),
+    Spec(
         "backend",
         "DBBRANCH_BACKEND",
         "dbbranch_backend",
@@ -288,6 +320,10 @@ class Settings:
     keep: KeepPolicy = "never"
     rebuild: bool = False
     strategy: Strategy = "auto"
+    check_migrations: bool = False
+    models: str | None = None
+    schema_diff: str | None = None
+    diff_format: str = "markdown"
     isolation: Isolation = "branch"
     module_isolation: Isolation = "branch"
     backend: BackendName = "auto"

@@ -14,6 +14,7 @@ class Stats:
     branches_created: int = 0
     branches_dropped: int = 0
     branches_kept: int = 0
+    branches_reaped: int = 0
     template_hits: int = 0
     template_builds: int = 0
     sources_restored: int = 0
@@ -47,7 +48,8 @@ class Stats:
         dropped = self.branches_dropped
         avg_drop = 1000 * self.drop_seconds / dropped if dropped else 0.0
         return [
-            f"branches: {created} created, {dropped} dropped, {self.branches_kept} kept",
+            f"branches: {created} created, {dropped} dropped, {self.branches_kept} kept"
+            + (f", {self.branches_reaped} left by dead runs reaped" if self.branches_reaped else ""),
             f"time: forking {self.fork_seconds:.2f}s ({avg_fork:.1f} ms each), "
             f"migrating {self.migrate_seconds:.2f}s, dropping {self.drop_seconds:.2f}s "
             f"({avg_drop:.1f} ms each)",

@@ -30,7 +30,8 @@ def two_values(spec: Spec) -> list[tuple[str, Any]]:
         return [("yes", True), ("off", False)]
     if spec.choices:
         others = [c for c in spec.choices if c != spec.default]
-        return [(others[0].upper(), others[0]), (others[1], others[1])]
+        second = others[1] if len(others) > 1 else spec.default
+        return [(others[0].upper(), others[0]), (second, second)]
     if isinstance(spec.default, int):
         return [(str(spec.default + 17), spec.default + 17), (str(spec.default + 23), spec.default + 23)]
     return [(f"{spec.name}-one", f"{spec.name}-one"), (f"{spec.name}-two", f"{spec.name}-two")]

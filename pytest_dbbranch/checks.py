@@ -1,0 +1,267 @@
+"""Migration checks on production-shaped data, each on its own branch of the source.
+
+They are what a reviewer wants to know before a migration reaches production: is the history
+linear, does the upgrade survive real data, is it safe to run twice, can it be rolled back,
+and do the models describe what the migrations build. Failures say what to fix.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import importlib
+import inspect
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+
+from . import migrate, names
+from .backend import Tag
+from .conninfo import ServerAddress
+from .errors import ConfigError, DbBranchError, MigrationError
+from .manager import BranchManager, TemplatePlan
+from .settings import Settings
+
+CHECKS = ("single-head", "applies", "idempotent", "reversible", "models-match")
+
+
+class CheckFailed(DbBranchError):
+    """A migration check found a problem in the user's migrations or models."""
+
+
+class MigrationChecks:
+    """The checks for one configuration; usable from a script as well as from pytest."""
+
+    def __init__(self, manager: BranchManager, settings: Settings | None = None) -> None:
+        self.manager = manager
+        self.settings = settings or manager.settings
+        self._plan: TemplatePlan | None = None
+
+    @property
+    def plan(self) -> TemplatePlan:
+        if self._plan is None:
+            self._plan = TemplatePlan(self.settings, self.manager.backend(self.settings))
+            if self._plan.project is None:
+                raise ConfigError("migration checks need an alembic.ini (dbbranch_alembic_ini)")
+        return self._plan
+
+    def run(self, check: str) -> None:
+        runner: Callable[[], None] = getattr(self, check.replace("-", "_"))
+        runner()
+
+    # -- the checks -------------------------------------------------------------------------
+
+    def single_head(self) -> None:
+        project = self.plan.project
+        assert project is not None
+        heads = sorted(project.script.get_heads())
+        if len(heads) != 1:
+            raise CheckFailed(
+                f"the Alembic script directory {project.script_dir} has {len(heads)} heads "
+                f"({', '.join(heads)}); merge them with `alembic merge heads`"
+            )
+
+    def applies(self) -> None:
+        with self._source_branch("applies") as address:
+            base = self._revisions(address)
+            try:
+                migrate.upgrade(self._project, address, self.plan.target)
+            except MigrationError as exc:
+                raise CheckFailed(
+                    f"the upgrade from the source's revision ({_revs(base)}) to {self.plan.target} "
+                    f"fails on production-shaped data:\n{exc}"
+                ) from None
+
+    def idempotent(self) -> None:
+        with self._source_branch("idempotent") as address:
+            migrate.upgrade(self._project, address, self.plan.target)
+            before, rows_before = self._fingerprint(address), self._version_rows(address)
+            migrate.upgrade(self._project, address, self.plan.target)
+            after, rows_after = self._fingerprint(address), self._version_rows(address)
+        if rows_after != rows_before:
+            raise CheckFailed(
+                f"running the upgrade again changed the version table: {rows_before} -> {rows_after}"
+            )
+        if before.fingerprint() != after.fingerprint():
+            raise CheckFailed(
+                "running the upgrade a second time changed the schema; make the migrations "
+                f"idempotent:\n{_summary(before, after)}"
+            )
+
+    def reversible(self) -> None:
+        project = self._project
+        problems: list[str] = []
+        with self._source_branch("reversible") as address:
+            base = self._revisions(address)
+            scripts = migrate.revisions_since(project, base, self.plan.target)
+            for script in scripts:
+                if not _has_downgrade(script):
+                    problems.append(f"revision {script.revision} ({script.path}) has no downgrade")
+            if problems:
+                raise CheckFailed("\n".join(problems))
+            for script in scripts:
+                down = script.down_revision
+                if isinstance(down, tuple | list):
+                    continue  # a merge point: its parents are checked on their own
+                before = self._fingerprint(address)
+                migrate.upgrade(project, address, script.revision)
+                applied = self._fingerprint(address)
+                try:
+                    migrate.downgrade(project, address, down or "base")
+                except MigrationError as exc:
+                    raise CheckFailed(
+                        f"revision {script.revision}: its downgrade fails on production-shaped data:\n{exc}"
+                    ) from None
+                back = self._fingerprint(address)
+                if back.fingerprint() != before.fingerprint():
+                    problems.append(
+                        f"revision {script.revision}: downgrade does not restore the schema before "
+                        f"it:\n{_summary(before, back)}"
+                    )
+                    break
+                migrate.upgrade(project, address, script.revision)
+                again = self._fingerprint(address)
+                if again.fingerprint() != applied.fingerprint():
+                    problems.append(
+                        f"revision {script.revision}: upgrade after downgrade gives another schema:\n"
+                        f"{_summary(applied, again)}"
+                    )
+                    break
+        if problems:
+            raise CheckFailed("\n".join(problems))
+
+    def models_match(self) -> None:
+        metadata = load_metadata(self.settings)
+        from alembic.autogenerate import compare_metadata
+        from alembic.migration import MigrationContext
+        from sqlalchemy import create_engine
+        from sqlalchemy.pool import NullPool
+
+        with self._source_branch("models") as address:
+            migrate.upgrade(self._project, address, self.plan.target)
+            engine = create_engine(address.sqlalchemy_url(), poolclass=NullPool)
+            try:
+                with engine.connect() as conn:
+                    context = MigrationContext.configure(
+                        conn, opts={"compare_type": True, "compare_server_default": False}
+                    )
+                    differences = compare_metadata(context, metadata)
+            finally:
+                engine.dispose()
+        differences = [d for d in differences if "alembic_version" not in repr(d)]
+        if differences:
+            lines = "\n".join(f"  - {_describe(d)}" for d in differences)
+            raise CheckFailed(
+                f"the models ({self.settings.models}) and the migrated schema differ; add a "
+                f"migration (alembic revision --autogenerate) or fix the models:\n{lines}"
+            )
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    @property
+    def _project(self) -> migrate.AlembicProject:
+        project = self.plan.project
+        assert project is not None
+        return project
+
+    @contextlib.contextmanager
+    def _source_branch(self, label: str) -> Iterator[ServerAddress]:
+        """A fresh branch of the source, dropped afterwards whatever happens."""
+        manager = self.manager
+        backend = manager.backend(self.settings)
+        parent = backend.source_parent(self.plan.source, manager.run_id)
+        name = names.branch_name(manager.run_id, manager.worker_id, "session", f"check:{label}")
+        backend.fork(name, parent, Tag(kind="branch", run=manager.run_id, parent=parent))
+        try:
+            yield backend.address(name)
+        finally:
+            backend.drop(name)
+
+    def _revisions(self, address: ServerAddress) -> tuple[str, ...]:
+        with psycopg.connect(address.conninfo()) as conn:
+            return migrate.current_revisions(conn)
+
+    def _version_rows(self, address: ServerAddress) -> tuple[str, ...]:
+        return self._revisions(address)
+
+    def _fingerprint(self, address: ServerAddress) -> Any:
+        from .schema import read_schema
+
+        with psycopg.connect(address.conninfo()) as conn:
+            return read_schema(conn)
+
+
+def load_metadata(settings: Settings) -> Any:
+    """Import ``package.module:attribute`` with the rootdir on the path, as pytest would."""
+    spec = settings.models
+    if not spec or ":" not in spec:
+        raise ConfigError(f"dbbranch_models: expected 'package.module:metadata', got {spec!r}")
+    module_name, attribute = spec.split(":", 1)
+    root = str(settings.root)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"dbbranch_models: cannot import {module_name!r} ({exc})") from None
+    value = module
+    for part in attribute.split("."):
+        value = getattr(value, part, None)
+        if value is None:
+            raise ConfigError(f"dbbranch_models: {module_name!r} has no {attribute!r}")
+    # A declarative base is accepted too: its metadata is what Alembic compares.
+    return getattr(value, "metadata", value) if not _is_metadata(value) else value
+
+
+def _is_metadata(value: Any) -> bool:
+    from sqlalchemy import MetaData
+
+    return isinstance(value, MetaData)
+
+
+def _has_downgrade(script: Any) -> bool:
+    """A downgrade() that only passes (or is missing) cannot undo anything."""
+    function = getattr(script.module, "downgrade", None)
+    if function is None:
+        return False
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
+    except (OSError, TypeError, SyntaxError):
+        return True
+    body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.FunctionDef) else []
+    meaningful = [
+        node
+        for node in body
+        if not isinstance(node, ast.Pass)
+        and not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant))
+    ]
+    return bool(meaningful)
+
+
+def _summary(before: Any, after: Any) -> str:
+    from .diff import diff_schemas
+
+    changes = diff_schemas(before, after).changes
+    return (
+        "\n".join(
+            f"  - {c.action} {c.kind} {c.name}" + (f" on {c.table}" if c.table else "") for c in changes
+        )
+        or "  (differences outside the compared objects)"
+    )
+
+
+def _describe(difference: Any) -> str:
+    if isinstance(difference, tuple) and difference:
+        action = str(difference[0])
+        rest = [getattr(x, "name", None) or str(x) for x in difference[1:] if x is not None]
+        return f"{action}: {', '.join(map(str, rest))}"
+    if isinstance(difference, list):
+        return "; ".join(_describe(d) for d in difference)
+    return str(difference)
+
+
+def _revs(revisions: tuple[str, ...]) -> str:
+    return ", ".join(revisions) if revisions else "empty"
