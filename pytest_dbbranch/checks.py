@@ -207,7 +207,7 @@ def load_metadata(settings: Settings) -> Any:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ConfigError(f"dbbranch_models: cannot import {module_name!r} ({exc})") from None
-    value = module
+    value: Any = module
     for part in attribute.split("."):
         value = getattr(value, part, None)
         if value is None:

@@ -162,7 +162,7 @@ def upgrade():
 {body}
 
 def downgrade():
-    pass
+{down_body}
 """
 
 
@@ -180,10 +180,12 @@ class AlembicProject:
             "sqlalchemy.url = postgresql+psycopg://nowhere/none\n"
         )
 
-    def add(self, revision: str, down: str | None, *statements: str) -> Path:
+    def add(self, revision: str, down: str | None, *statements: str, undo: tuple[str, ...] = ()) -> Path:
+        """A revision running ``statements``; ``undo`` are its downgrade's (none: ``pass``)."""
         body = "\n".join(f"    op.execute({s!r})" for s in statements) or "    pass"
+        down_body = "\n".join(f"    op.execute({s!r})" for s in undo) or "    pass"
         path = self.versions / f"{revision}.py"
-        path.write_text(REVISION.format(revision=revision, down=down, body=body))
+        path.write_text(REVISION.format(revision=revision, down=down, body=body, down_body=down_body))
         return path
 
     @property
@@ -203,12 +205,18 @@ def server_url(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def alembic_project(pytester: pytest.Pytester) -> AlembicProject:
     project = AlembicProject(pytester.path)
-    project.add("r1", None, "CREATE TABLE widgets (id serial PRIMARY KEY, name text NOT NULL)")
+    project.add(
+        "r1",
+        None,
+        "CREATE TABLE widgets (id serial PRIMARY KEY, name text NOT NULL)",
+        undo=("DROP TABLE widgets",),
+    )
     project.add(
         "r2",
         "r1",
         "ALTER TABLE widgets ADD COLUMN size int NOT NULL DEFAULT 1",
         "INSERT INTO widgets (name) VALUES ('seed')",
+        undo=("DELETE FROM widgets WHERE name = 'seed'", "ALTER TABLE widgets DROP COLUMN size"),
     )
     return project
 
