@@ -67,3 +67,30 @@ def test_emulator_help() -> None:
     result = dbbranch("emulator", "--help")
     assert result.returncode == 0
     assert "--backing-url" in result.stdout and "--project" in result.stdout
+
+
+def test_github_actions_example_uses_real_commands() -> None:
+    """Every dbbranch command and pytest option in the example workflow exists."""
+    import shlex
+    from pathlib import Path
+
+    import yaml
+
+    from pytest_dbbranch.cli import build_parser
+    from pytest_dbbranch.settings import SPECS
+
+    workflow = yaml.safe_load(
+        (Path(__file__).parent.parent / "examples/github-actions/pull-request.yml").read_text()
+    )
+    runs = [step["run"] for job in workflow["jobs"].values() for step in job["steps"] if "run" in step]
+    script = "\n".join(runs).replace("\\\n", " ")
+    commands = [line[line.index("dbbranch ") :] for line in script.splitlines() if "dbbranch " in line]
+    assert len(commands) >= 4
+    for command in commands:
+        words = shlex.split(command.split("|")[0].split("&&")[0].split(";")[0])[1:]
+        words = [("x" if w.startswith("$") else w) for w in words]
+        _args, rest = build_parser().parse_known_args(words)
+        assert not rest, command
+    options = {spec.option for spec in SPECS}
+    used = {word.split("=")[0] for word in script.split() if word.startswith("--dbbranch-")}
+    assert used and used <= options
