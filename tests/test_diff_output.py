@@ -65,6 +65,10 @@ def test_cli_diff(example_project: pytest.Pytester, embedded_url: str) -> None:
 
     markdown = dbbranch()
     assert markdown.returncode == 0, markdown.stderr
+    # The README shows this exact output for the example project.
+    readme = (EXAMPLE.parent.parent / "README.md").read_text()
+    shown = readme.split("<!-- example-diff -->\n", 1)[1].split("\n<!-- /example-diff -->", 1)[0]
+    assert markdown.stdout.strip() == shown.strip()
     assert "⚠️ **6 changes, 5 breaking**" in markdown.stdout
     assert dbbranch("--fail-on-breaking").returncode == 1
     as_json = dbbranch("--format", "json")
