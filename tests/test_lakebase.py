@@ -411,3 +411,19 @@ def test_emulator_fixture_for_users(pytester: pytest.Pytester, embedded_url: str
     """,
     )
     run_inner(pytester, embedded_url).assert_outcomes(passed=1)
+
+
+def test_migration_checks_and_diff_on_lakebase(
+    pytester: pytest.Pytester,
+    alembic_project: AlembicProject,
+    emulator: LakebaseEmulator,
+    lakebase_env: dict[str, str],
+) -> None:
+    write_tests(pytester, "test_app", "def test_app(db_branch):\n    pass\n")
+    result = run_inner(
+        pytester, None, "--dbbranch-check-migrations", "--dbbranch-schema-diff=d.md", "-rA", **lakebase_env
+    )
+    result.assert_outcomes(passed=5)
+    diff = (pytester.path / "d.md").read_text()
+    assert "### `public.widgets`" in diff and "public.customers" not in diff
+    assert live_test_branches(emulator) == []
