@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
     from .manager import BranchManager
+    from .pool import WarmPool
 
 
 class Branch:
@@ -36,6 +37,8 @@ class Branch:
         self.revision = revision
         self.settings = settings
         self.failed = False
+        #: The warm pool that drops this branch in the background, if any.
+        self.pool: WarmPool | None = None
         self._backend = backend
         self.backend = backend
         self._manager = manager

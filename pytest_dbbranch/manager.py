@@ -26,6 +26,7 @@ from .conninfo import ServerAddress
 from .embedded import EmbeddedServer
 from .errors import BranchExistsError, ConfigError, DbBranchError
 from .fingerprint import fingerprint, project_key
+from .pool import WarmPool
 from .postgres import PostgresBackend
 from .settings import Settings
 from .source import EMPTY_PARENT, Source, parse_source
@@ -94,6 +95,7 @@ class BranchManager:
         #: Per-worker parent branches for the clone and rollback isolation modes.
         self._hosts: dict[str, tuple[str, Backend]] = {}
         self._host_branches: list[tuple[str, Backend, Backend | None]] = []
+        self._pools: dict[str, WarmPool] = {}
         self._embedded: EmbeddedServer | None = None
         self._templates: dict[tuple[Any, ...], str] = {}
         self._failures: dict[tuple[Any, ...], DbBranchError] = {}
@@ -304,6 +306,17 @@ class BranchManager:
         if isolation == "rollback":
             host, host_backend = self._host(settings, template, backend, clone=False)
             return RollbackBranch(host, host_backend, settings, self, settings.revision)
+        pool = self._pool(settings, template, backend, fingerprint) if scope == "function" else None
+        if pool is not None and isolation == "branch":
+            ready = pool.take()
+            if ready is not None:
+                # The pool branch's tag (run, pid, parent) is already right; the name is the news.
+                with self.stats.timed("fork_seconds"):
+                    assert isinstance(backend, PostgresBackend)
+                    backend.rename(ready, name)
+                branch = Branch(name, backend, settings, self, settings.revision)
+                branch.pool = pool
+                return branch
         parent, target = template, backend
         if isolation == "clone" and backend.kind != "postgres":
             # On PostgreSQL a branch already is a clone; elsewhere clone inside a worker's branch.
@@ -311,8 +324,34 @@ class BranchManager:
         tag = Tag(kind="branch", run=self.run_id, parent=parent, fingerprint=fingerprint)
         with self.stats.timed("fork_seconds"):
             target.fork(name, parent, tag)
-        self.stats.branches_created += 1
-        return Branch(name, target, settings, self, settings.revision)
+        self.stats.increment("branches_created")
+        branch = Branch(name, target, settings, self, settings.revision)
+        branch.pool = pool if isolation == "branch" else None
+        return branch
+
+    def _pool(self, settings: Settings, template: str, backend: Backend, fingerprint: str) -> WarmPool | None:
+        """The worker's warm pool for ``template`` (PostgreSQL only: Lakebase branches are
+        budgeted and cost money while they wait)."""
+        size = settings.effective_pool_size()
+        if size <= 0 or not isinstance(backend, PostgresBackend):
+            return None
+        if settings.isolation_for("function") != "branch":
+            return None
+        with self._mutex:
+            pool = self._pools.get(template)
+            if pool is None:
+                server, strategy = backend.server, settings.strategy
+                pool = WarmPool(
+                    lambda: PostgresBackend(server, strategy=strategy),
+                    template=template,
+                    fingerprint=fingerprint,
+                    size=size,
+                    run_id=self.run_id,
+                    worker_id=self.worker_id,
+                    stats=self.stats,
+                )
+                self._pools[template] = pool
+            return pool
 
     def _host(
         self, settings: Settings, template: str, backend: Backend, *, clone: bool
@@ -331,7 +370,7 @@ class BranchManager:
             tag = Tag(kind="branch", run=self.run_id, parent=template)
             with self.stats.timed("fork_seconds"):
                 backend.fork(name, template, tag)
-            self.stats.branches_created += 1
+            self.stats.increment("branches_created")
             if clone:
                 inner = PostgresBackend(backend.address(name), strategy=settings.strategy)
                 row = inner.current_database()
@@ -361,9 +400,15 @@ class BranchManager:
             self.stats.branches_kept += 1
             self.kept.append(branch)
             return True
+        if branch.pool is not None:
+            try:
+                branch.pool.give_back(branch.name)  # dropped in the background
+                return False
+            except RuntimeError:
+                pass
         with self.stats.timed("drop_seconds"):
             backend.drop(branch.name)
-        self.stats.branches_dropped += 1
+        self.stats.increment("branches_dropped")
         return False
 
     @contextlib.contextmanager
@@ -422,13 +467,16 @@ class BranchManager:
     def close(self) -> None:
         """Close admin connections and let the embedded server stop if nobody else uses it."""
         with self._mutex:
+            for pool in self._pools.values():
+                pool.close()
+            self._pools.clear()
             for name, backend, inner in reversed(self._host_branches):
                 with contextlib.suppress(Exception):
                     if inner is not None:
                         inner.close()
                     with self.stats.timed("drop_seconds"):
                         backend.drop(name)
-                    self.stats.branches_dropped += 1
+                    self.stats.increment("branches_dropped")
             self._host_branches.clear()
             self._hosts.clear()
             for backend in self._backends.values():

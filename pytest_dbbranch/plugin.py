@@ -144,16 +144,19 @@ def pytest_collection_modifyitems(
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Runs before the terminal summary: the pool's last drops are counted in it."""
     state = session.config.stash.get(_STATE, None)
-    workeroutput = getattr(session.config, "workeroutput", None)
-    if state is not None and workeroutput is None and state.settings.schema_diff:
-        _write_schema_diff(session, state)
-    if state is None or workeroutput is None:
+    if state is None:
         return
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is None and state.settings.schema_diff:
+        _write_schema_diff(session, state)
     if state.manager is not None:
-        workeroutput["dbbranch_kept"] = [_kept_line(b) for b in state.manager.kept]
+        state.kept_lines.extend(_kept_line(b) for b in state.manager.kept)
         state.close()
-    workeroutput["dbbranch_stats"] = state.stats.to_dict()
+    if workeroutput is not None:
+        workeroutput["dbbranch_kept"] = list(state.kept_lines)
+        workeroutput["dbbranch_stats"] = state.stats.to_dict()
 
 
 @pytest.hookimpl(wrapper=True)
@@ -207,9 +210,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     terminalreporter.section(_SECTION)
     for line in state.stats.summary_lines():
         terminalreporter.write_line(line)
-    manager = state.manager
-    lines = [_kept_line(b) for b in manager.kept] if manager else []
-    for line in lines + state.kept_lines:
+    for line in state.kept_lines:
         terminalreporter.write_line(f"kept: {line}")
 
 

@@ -122,6 +122,10 @@ class PostgresBackend:
 
     def seal(self, name: str, tag: Tag) -> None:
         ident = sql.Identifier(name)
+        # One plain connection after the migrations rebuilds the relation cache init file,
+        # which every fork then inherits: their first connection is 2-4 ms cheaper.
+        with connect(self._address, name) as warm:
+            warm.execute("SELECT count(*) FROM pg_class").fetchone()
         with self._mutex:
             self._wait_idle(name)
             self._conn.execute(sql.SQL("ALTER DATABASE {} IS_TEMPLATE true").format(ident))
@@ -160,6 +164,15 @@ class PostgresBackend:
                     "so this tool did not create it"
                 )
             self._drop_now(name, is_template=bool(row[2]))
+
+    def rename(self, old: str, new: str, tag: Tag | None = None) -> None:
+        """Give a pool branch its test's name: a catalog update, nothing is copied."""
+        with self._mutex:
+            self._conn.execute(
+                sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(old), sql.Identifier(new))
+            )
+            if tag is not None:
+                self._comment(new, tag)
 
     def current_database(self) -> str:
         with self._mutex:

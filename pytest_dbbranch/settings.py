@@ -9,6 +9,7 @@ script all agree on what a given environment means.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,13 +85,13 @@ def parse_duration(value: str, where: str) -> int:
     return seconds
 
 
-def _count(value: str, where: str) -> int:
+def _count(value: str, where: str, minimum: int = 1) -> int:
     try:
         number = int(value.strip())
     except ValueError:
         raise ConfigError(f"{where}: expected a whole number, got {value!r}") from None
-    if number < 1:
-        raise ConfigError(f"{where}: must be at least 1, got {value!r}")
+    if number < minimum:
+        raise ConfigError(f"{where}: must be at least {minimum}, got {value!r}")
     return number
 
 
@@ -185,6 +186,18 @@ SPECS: tuple[Spec, ...] = (
         default="branch",
         parse=_choice(ISOLATION_CHOICES),
         choices=ISOLATION_CHOICES,
+    ),
+    Spec(
+        "pool_size",
+        "DBBRANCH_POOL_SIZE",
+        "dbbranch_pool_size",
+        "Function-scope branches each worker forks ahead in the background on PostgreSQL: a "
+        "number (0 = off) or auto (2 while xdist workers < CPU cores, else off: measured on 2 "
+        "cores, the pool only helps when a core is free for it).",
+        default=None,
+        parse=lambda value, where: (
+            None if value.strip().lower() == "auto" else _count(value, where, minimum=0)
+        ),
     ),
     Spec(
         "check_migrations",
@@ -320,6 +333,7 @@ class Settings:
     keep: KeepPolicy = "never"
     rebuild: bool = False
     strategy: Strategy = "auto"
+    pool_size: int | None = None
     check_migrations: bool = False
     models: str | None = None
     schema_diff: str | None = None
@@ -372,6 +386,13 @@ class Settings:
         if self.backend == "auto":
             return "lakebase" if self.lakebase_project else "postgres"
         return self.backend
+
+    def effective_pool_size(self) -> int:
+        """``auto``: a pool only when a CPU core is left for its background thread."""
+        if self.pool_size is not None:
+            return self.pool_size
+        workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+        return 2 if workers < (os.cpu_count() or 1) else 0
 
     def isolation_for(self, scope: str) -> Isolation:
         if scope == "function":

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from typing import Any
+
+_LOCK = threading.Lock()
 
 
 @dataclass
@@ -18,9 +21,16 @@ class Stats:
     template_hits: int = 0
     template_builds: int = 0
     sources_restored: int = 0
+    pool_hits: int = 0
+    pool_misses: int = 0
     fork_seconds: float = 0.0
     drop_seconds: float = 0.0
     migrate_seconds: float = 0.0
+
+    def increment(self, field_name: str, amount: int = 1) -> None:
+        """For the warm pool's thread: ``+=`` on an attribute is not atomic across threads."""
+        with _LOCK:
+            setattr(self, field_name, getattr(self, field_name) + amount)
 
     @contextmanager
     def timed(self, field_name: str) -> Iterator[None]:
@@ -54,5 +64,10 @@ class Stats:
             f"migrating {self.migrate_seconds:.2f}s, dropping {self.drop_seconds:.2f}s "
             f"({avg_drop:.1f} ms each)",
             f"templates: {self.template_hits} cache hits, {self.template_builds} built"
-            + (f", {self.sources_restored} source dumps restored" if self.sources_restored else ""),
+            + (f", {self.sources_restored} source dumps restored" if self.sources_restored else "")
+            + (
+                f"; warm pool: {self.pool_hits} of {self.pool_hits + self.pool_misses} branches ready"
+                if self.pool_hits + self.pool_misses
+                else ""
+            ),
         ]

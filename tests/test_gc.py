@@ -59,12 +59,13 @@ def test_next_run_reaps_branches_of_a_killed_run(
     write_tests(pytester, "test_k", KILLED)
     killed = run_inner(pytester, embedded_url)
     assert killed.ret not in (0, 1)
-    assert len(our_branches(embedded_url)) == 2
+    left = our_branches(embedded_url)
+    assert len(left) >= 2  # session + function branch, and what the warm pool had forked ahead
     (pytester.path / "test_k.py").unlink()
     write_tests(pytester, "test_ok", "def test_a(db_branch):\n    pass\n")
     result = run_inner(pytester, embedded_url)
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["*2 left by dead runs reaped*"])
+    result.stdout.fnmatch_lines([f"*{len(left)} left by dead runs reaped*"])
     assert our_branches(embedded_url) == []
     assert set(lookalikes) <= set(databases(embedded_url))
 
@@ -79,7 +80,7 @@ def test_gc_after_kill_9(
     assert len(kept) == 1
     assert run_inner(pytester, embedded_url, "test_k.py").ret not in (0, 1)
     left = set(our_branches(embedded_url)) - set(kept)
-    assert len(left) == 2
+    assert len(left) >= 2
 
     dry = dbbranch("gc", "--url", embedded_url, "--dry-run", "--json")
     assert dry.returncode == 0, dry.stderr

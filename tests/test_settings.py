@@ -24,6 +24,11 @@ MARKER_WHERE = "@pytest.mark.dbbranch on tests/test_x.py::test_a"
 LEVELS = ("override", "option", "env", "ini")  # highest first
 
 
+def is_numeric(spec: Spec) -> bool:
+    """Whole-number settings (pool_size's default is None, meaning auto)."""
+    return (isinstance(spec.default, int) and not spec.flag) or spec.name == "pool_size"
+
+
 def two_values(spec: Spec) -> list[tuple[str, Any]]:
     """Two raw texts for ``spec`` that parse to different values, the first not the default."""
     if spec.flag:
@@ -32,8 +37,9 @@ def two_values(spec: Spec) -> list[tuple[str, Any]]:
         others = [c for c in spec.choices if c != spec.default]
         second = others[1] if len(others) > 1 else spec.default
         return [(others[0].upper(), others[0]), (second, second)]
-    if isinstance(spec.default, int):
-        return [(str(spec.default + 17), spec.default + 17), (str(spec.default + 23), spec.default + 23)]
+    if is_numeric(spec):
+        base = spec.default or 0
+        return [(str(base + 17), base + 17), (str(base + 23), base + 23)]
     return [(f"{spec.name}-one", f"{spec.name}-one"), (f"{spec.name}-two", f"{spec.name}-two")]
 
 
@@ -93,7 +99,7 @@ def test_higher_level_wins(spec: Spec, higher: str, lower: str, swap: bool, tmp_
 
 def test_all_levels_at_once(tmp_path: Path) -> None:
     for spec in SPECS:
-        numeric = isinstance(spec.default, int) and not spec.flag
+        numeric = is_numeric(spec)
         given = {
             level: (str(100 + i) if numeric else f"{spec.name}-{level}") for i, level in enumerate(LEVELS)
         }
@@ -422,3 +428,16 @@ def test_marker_values_of_other_types_are_parsed(tmp_path: Path) -> None:
     assert settings.revision == "3"
     with pytest.raises(ConfigError, match="marker: expected one of never, failed, always"):
         Settings(root=tmp_path).with_overrides("marker", keep=True)
+
+
+def test_pool_size_auto_follows_free_cores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = resolve(env={"DBBRANCH_POOL_SIZE": "auto"}, root=tmp_path)
+    assert settings.pool_size is None
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    monkeypatch.delenv("PYTEST_XDIST_WORKER_COUNT", raising=False)
+    assert settings.effective_pool_size() == 2
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "2")
+    assert settings.effective_pool_size() == 0
+    assert resolve(options={"pool_size": "0"}, root=tmp_path).effective_pool_size() == 0
+    with pytest.raises(ConfigError, match="must be at least 0"):
+        resolve(options={"pool_size": "-1"}, root=tmp_path)
