@@ -94,6 +94,30 @@ def default_base_dir() -> Path:
     return root / f"pytest-dbbranch-{os.getuid()}"
 
 
+FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
+
+
+def supports_reflink(folder: Path) -> bool:
+    """Whether files in ``folder`` can be cloned (XFS with reflink=1, Btrfs): then PostgreSQL
+    18 copies a template in time independent of its size."""
+    import fcntl
+
+    folder.mkdir(parents=True, exist_ok=True)
+    source = folder / f".reflink-probe-{os.getpid()}"
+    target = folder / f".reflink-probe-{os.getpid()}.clone"
+    try:
+        source.write_bytes(b"x" * 4096)
+        with source.open("rb") as src, target.open("wb") as dst:
+            fcntl.ioctl(dst.fileno(), FICLONE, src.fileno())
+        return True
+    except OSError:
+        return False
+    finally:
+        for path in (source, target):
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -117,6 +141,14 @@ class EmbeddedServer:
         self.log = self.home / "server.log"
         self._lock = filelock.FileLock(str(self.home / "server.lock"))
         self._run_as = _run_as_user()
+        self._reflink: bool | None = None
+
+    @property
+    def reflink(self) -> bool:
+        """Whether the data folder supports reflink clones (probed once)."""
+        if self._reflink is None:
+            self._reflink = supports_reflink(self.home)
+        return self._reflink
 
     # -- public -----------------------------------------------------------------------------
 
@@ -297,9 +329,15 @@ class EmbeddedServer:
             argv, capture_output=True, text=True, check=False, cwd=str(self.home), **kwargs
         )
         if check and result.returncode != 0:
+            detail = (result.stderr or result.stdout).strip()
+            if "Permission denied" in detail and self._run_as is not None:
+                detail += (
+                    f"\n  -> as root, the server runs as {self._run_as.pw_name!r}, who must be able to "
+                    f"reach {self.home}: pick a dbbranch_embedded_dir outside root-only folders "
+                    "(or set DBBRANCH_EMBEDDED_USER)"
+                )
             raise EmbeddedServerError(
-                f"{what} failed for the embedded server (data dir {self.data}): "
-                f"{(result.stderr or result.stdout).strip()}"
+                f"{what} failed for the embedded server (data dir {self.data}): {detail}"
             )
         return result
 

@@ -120,7 +120,9 @@ class BranchManager:
 
                         backend = LakebaseBackend(settings, lock_root=self._lock_root())
                     else:
-                        backend = PostgresBackend(self._address(settings), strategy=settings.strategy)
+                        address = self._address(settings)
+                        reflink = not settings.url and self._embedded is not None and self._embedded.reflink
+                        backend = PostgresBackend(address, strategy=settings.strategy, reflink=reflink)
                 except DbBranchError as exc:
                     self._backend_failures[key] = exc
                     raise
@@ -340,9 +342,9 @@ class BranchManager:
         with self._mutex:
             pool = self._pools.get(template)
             if pool is None:
-                server, strategy = backend.server, settings.strategy
+                server, strategy, reflink = backend.server, settings.strategy, backend.reflink
                 pool = WarmPool(
-                    lambda: PostgresBackend(server, strategy=strategy),
+                    lambda: PostgresBackend(server, strategy=strategy, reflink=reflink),
                     template=template,
                     fingerprint=fingerprint,
                     size=size,

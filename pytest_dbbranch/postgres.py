@@ -65,7 +65,7 @@ def advisory_key(text: str) -> int:
 class PostgresBackend:
     """Branches as databases on one server, driven from one autocommit admin connection."""
 
-    def __init__(self, address: ServerAddress, *, strategy: Strategy = "auto") -> None:
+    def __init__(self, address: ServerAddress, *, strategy: Strategy = "auto", reflink: bool = False) -> None:
         self._address = address
         self.server_key = f"postgres:{address.host}:{address.port}"
         self._mutex = threading.RLock()
@@ -73,7 +73,12 @@ class PostgresBackend:
         info = self._conn.info
         self.server_version = info.server_version // 10000
         self.is_superuser = info.parameter_status("is_superuser") == "on"
+        self.reflink = reflink
+        self.file_copy_method: str | None = None
         self.strategy = self._pick_strategy(strategy)
+        if self.file_copy_method:
+            # Size-independent copies on XFS/Btrfs: the files are cloned, not read and written.
+            self._conn.execute(sql.SQL("SET file_copy_method = {}").format(sql.SQL(self.file_copy_method)))
 
     # -- protocol ---------------------------------------------------------------------------
 
@@ -202,7 +207,11 @@ class PostgresBackend:
     def _pick_strategy(self, wanted: Strategy) -> str | None:
         if self.server_version < 15:
             return None
-        if wanted == "file_copy":
+        clone = wanted == "clone" or (wanted == "auto" and self.reflink)
+        if clone and self.server_version >= 18:
+            self.file_copy_method = "clone"
+            return "FILE_COPY"
+        if wanted in ("file_copy", "clone"):
             return "FILE_COPY"
         if wanted == "wal_log":
             return "WAL_LOG"

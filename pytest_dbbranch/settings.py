@@ -18,13 +18,13 @@ from typing import Any, Literal
 from .errors import ConfigError
 
 KeepPolicy = Literal["never", "failed", "always"]
-Strategy = Literal["auto", "file_copy", "wal_log"]
+Strategy = Literal["auto", "file_copy", "wal_log", "clone"]
 
 Isolation = Literal["branch", "clone", "rollback"]
 BackendName = Literal["auto", "postgres", "lakebase"]
 
 KEEP_CHOICES = ("never", "failed", "always")
-STRATEGY_CHOICES = ("auto", "file_copy", "wal_log")
+STRATEGY_CHOICES = ("auto", "file_copy", "wal_log", "clone")
 ISOLATION_CHOICES = ("branch", "clone", "rollback")
 BACKEND_CHOICES = ("auto", "postgres", "lakebase")
 
@@ -161,8 +161,10 @@ SPECS: tuple[Spec, ...] = (
         "strategy",
         "DBBRANCH_STRATEGY",
         "dbbranch_strategy",
-        "CREATE DATABASE strategy: auto (FILE_COPY on a non-durable server, WAL_LOG "
-        "otherwise), file_copy or wal_log.",
+        "CREATE DATABASE strategy: auto (FILE_COPY with reflink clones where the embedded "
+        "server's data folder supports them, FILE_COPY on a non-durable server, WAL_LOG on a "
+        "durable one), file_copy, wal_log, or clone (FILE_COPY with file_copy_method=clone, "
+        "PostgreSQL 18+).",
         default="auto",
         parse=_choice(STRATEGY_CHOICES),
         choices=STRATEGY_CHOICES,

@@ -1,0 +1,65 @@
+"""Size-independent branches where the disk allows: reflink clones on XFS (PostgreSQL 18)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pytest_dbbranch.embedded import supports_reflink
+from pytest_dbbranch.manager import BranchManager
+from pytest_dbbranch.settings import resolve
+
+
+@pytest.fixture
+def xfs_folder(tmp_path: Path) -> Iterator[Path]:
+    """A loop-mounted XFS with reflink=1 (what a user would point dbbranch_embedded_dir at)."""
+    if os.geteuid() != 0 or not shutil.which("mkfs.xfs"):
+        pytest.skip("needs root and mkfs.xfs (apt-get install xfsprogs); .ci/run installs it")
+    image = tmp_path / "xfs.img"
+    mount = Path("/mnt") / f"dbbranch-xfs-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["truncate", "-s", "700M", str(image)], check=True)
+    subprocess.run(["mkfs.xfs", "-q", "-m", "reflink=1", str(image)], check=True)
+    mount.mkdir(parents=True)
+    mounted = subprocess.run(["mount", "-o", "loop", str(image), str(mount)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        mount.rmdir()
+        pytest.skip(f"loop mounts are not allowed here: {mounted.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+        mount.rmdir()
+
+
+def test_tmpfs_has_no_reflink() -> None:
+    assert supports_reflink(Path("/dev/shm") / f"dbbranch-probe-{uuid.uuid4().hex[:6]}") is False
+
+
+def test_embedded_server_on_xfs_clones(xfs_folder: Path, tmp_path: Path) -> None:
+    assert supports_reflink(xfs_folder / "probe") is True
+    settings = resolve(options={"embedded_dir": str(xfs_folder / "pg")}, root=tmp_path)
+    manager = BranchManager(settings, run_id="reflink")
+    try:
+        backend = manager.backend()
+        assert backend.strategy == "FILE_COPY"  # type: ignore[attr-defined]
+        assert backend.file_copy_method == "clone"  # type: ignore[attr-defined]
+        with manager.branch() as branch, branch.connect() as conn:
+            conn.execute("CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g")
+            conn.commit()
+            assert conn.execute("SELECT count(*) FROM t").fetchone() == (1000,)
+    finally:
+        manager.close()
+    # Without reflinks the same settings copy files.
+    ram = Path("/dev/shm") / f"dbbranch-plain-{uuid.uuid4().hex[:6]}"
+    plain = BranchManager(resolve(options={"embedded_dir": str(ram)}, root=tmp_path), run_id="plain")
+    try:
+        assert plain.backend().file_copy_method is None  # type: ignore[attr-defined]
+    finally:
+        plain.close()
+        shutil.rmtree(ram, ignore_errors=True)
