@@ -85,7 +85,7 @@ class MigrationChecks:
             raise CheckFailed(
                 f"running the upgrade again changed the version table: {rows_before} -> {rows_after}"
             )
-        if before.fingerprint() != after.fingerprint():
+        if not _same(before, after):
             raise CheckFailed(
                 "running the upgrade a second time changed the schema; make the migrations "
                 f"idempotent:\n{_summary(before, after)}"
@@ -116,7 +116,7 @@ class MigrationChecks:
                         f"revision {script.revision}: its downgrade fails on production-shaped data:\n{exc}"
                     ) from None
                 back = self._fingerprint(address)
-                if back.fingerprint() != before.fingerprint():
+                if not _same(back, before):
                     problems.append(
                         f"revision {script.revision}: downgrade does not restore the schema before "
                         f"it:\n{_summary(before, back)}"
@@ -124,7 +124,7 @@ class MigrationChecks:
                     break
                 migrate.upgrade(project, address, script.revision)
                 again = self._fingerprint(address)
-                if again.fingerprint() != applied.fingerprint():
+                if not _same(again, applied):
                     problems.append(
                         f"revision {script.revision}: upgrade after downgrade gives another schema:\n"
                         f"{_summary(applied, again)}"
@@ -239,6 +239,14 @@ def _has_downgrade(script: Any) -> bool:
         and not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant))
     ]
     return bool(meaningful)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Same objects with the same definitions. Column order is not compared: PostgreSQL cannot
+    move a column without rewriting the table, so a downgrade that re-adds one puts it last."""
+    from .diff import diff_schemas
+
+    return bool(diff_schemas(a, b).empty)
 
 
 def _summary(before: Any, after: Any) -> str:

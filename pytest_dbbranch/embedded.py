@@ -181,6 +181,13 @@ class EmbeddedServer:
             self._pg_ctl("stop", "-D", str(self.data), "-m", "fast", "-w", "-t", "60")
             return True
 
+    def restart(self) -> ServerAddress:
+        """Restart the running server (same port): what a crash-recovery or failover looks
+        like to clients, whose sessions all end."""
+        with self._lock:
+            self._pg_ctl("restart", "-D", str(self.data), "-l", str(self.log), "-m", "fast", "-w", "-t", "60")
+            return self._ensure_running()
+
     # -- internals --------------------------------------------------------------------------
 
     def _prepare_home(self) -> None:

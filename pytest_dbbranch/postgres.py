@@ -57,6 +57,9 @@ def describe_connect_error(address: ServerAddress, dbname: str | None, exc: Exce
     return f"cannot connect to PostgreSQL at {target}: {text}\n  -> {hint}"
 
 
+RECONNECT_SECONDS = 15.0
+
+
 def advisory_key(text: str) -> int:
     """A stable signed 64-bit key; every process derives the same one from a name."""
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big", signed=True)
@@ -76,9 +79,7 @@ class PostgresBackend:
         self.reflink = reflink
         self.file_copy_method: str | None = None
         self.strategy = self._pick_strategy(strategy)
-        if self.file_copy_method:
-            # Size-independent copies on XFS/Btrfs: the files are cloned, not read and written.
-            self._conn.execute(sql.SQL("SET file_copy_method = {}").format(sql.SQL(self.file_copy_method)))
+        self._configure_session()
 
     # -- protocol ---------------------------------------------------------------------------
 
@@ -104,7 +105,7 @@ class PostgresBackend:
             statement += sql.SQL(" STRATEGY {}").format(sql.SQL(self.strategy))
         with self._mutex:
             try:
-                self._conn.execute(statement)
+                self._exec(statement)
             except psycopg.errors.DuplicateDatabase:
                 raise BranchExistsError(f"database {name!r} already exists") from None
             except psycopg.errors.ObjectInUse as exc:
@@ -133,24 +134,24 @@ class PostgresBackend:
             warm.execute("SELECT count(*) FROM pg_class").fetchone()
         with self._mutex:
             self._wait_idle(name)
-            self._conn.execute(sql.SQL("ALTER DATABASE {} IS_TEMPLATE true").format(ident))
-            self._conn.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(ident))
+            self._exec(sql.SQL("ALTER DATABASE {} IS_TEMPLATE true").format(ident))
+            self._exec(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(ident))
             # The ready flag goes last: it is the completion marker readers trust.
             self._comment(name, tag.sealed())
 
     def describe(self, name: str) -> BranchRecord | None:
         with self._mutex:
-            row = self._conn.execute(_DESCRIBE + " WHERE d.datname = %s", (name,)).fetchone()
+            row = self._exec(_DESCRIBE + " WHERE d.datname = %s", (name,)).fetchone()
         return _record(row) if row else None
 
     def exists(self, name: str) -> bool:
         with self._mutex:
-            cur = self._conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+            cur = self._exec("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
             return cur.fetchone() is not None
 
     def list_ours(self) -> list[BranchRecord]:
         with self._mutex:
-            rows = self._conn.execute(
+            rows = self._exec(
                 "SELECT d.datname, shobj_description(d.oid, 'pg_database'), d.datistemplate,"
                 " d.datallowconn, CASE WHEN has_database_privilege(d.oid, 'CONNECT')"
                 " THEN pg_database_size(d.oid) END FROM pg_database d ORDER BY d.datname"
@@ -160,7 +161,7 @@ class PostgresBackend:
 
     def drop(self, name: str) -> None:
         with self._mutex:
-            row = self._conn.execute(_DESCRIBE + " WHERE d.datname = %s", (name,)).fetchone()
+            row = self._exec(_DESCRIBE + " WHERE d.datname = %s", (name,)).fetchone()
             if row is None:
                 return
             if _record(row) is None:
@@ -173,7 +174,7 @@ class PostgresBackend:
     def rename(self, old: str, new: str, tag: Tag | None = None) -> None:
         """Give a pool branch its test's name: a catalog update, nothing is copied."""
         with self._mutex:
-            self._conn.execute(
+            self._exec(
                 sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(old), sql.Identifier(new))
             )
             if tag is not None:
@@ -181,7 +182,7 @@ class PostgresBackend:
 
     def current_database(self) -> str:
         with self._mutex:
-            row = self._conn.execute("SELECT current_database()").fetchone()
+            row = self._exec("SELECT current_database()").fetchone()
         return str(row[0]) if row else self._address.dbname
 
     def retag(self, name: str, tag: Tag) -> None:
@@ -204,6 +205,31 @@ class PostgresBackend:
 
     # -- helpers ----------------------------------------------------------------------------
 
+    def _configure_session(self) -> None:
+        if self.file_copy_method:
+            # Size-independent copies on XFS/Btrfs: the files are cloned, not read and written.
+            self._conn.execute(sql.SQL("SET file_copy_method = {}").format(sql.SQL(self.file_copy_method)))
+
+    def _exec(self, query: Any, params: Any = None) -> psycopg.Cursor[Any]:
+        """Execute on the admin connection; if the server restarted under us (a crash, a
+        failover, pg_ctl restart), reconnect for up to RECONNECT_SECONDS and try once more."""
+        try:
+            return self._conn.execute(query, params)
+        except psycopg.OperationalError:
+            if not self._conn.broken and not self._conn.closed:
+                raise
+        deadline = time.monotonic() + RECONNECT_SECONDS
+        while True:
+            try:
+                self._conn = connect(self._address, autocommit=True)
+                break
+            except ServerError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        self._configure_session()
+        return self._conn.execute(query, params)
+
     def _pick_strategy(self, wanted: Strategy) -> str | None:
         if self.server_version < 15:
             return None
@@ -219,7 +245,7 @@ class PostgresBackend:
         return "FILE_COPY" if fsync and fsync[0] == "off" else "WAL_LOG"
 
     def _comment(self, name: str, tag: Tag) -> None:
-        self._conn.execute(
+        self._exec(
             sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(name), sql.Literal(tag.dumps()))
         )
 
@@ -227,9 +253,7 @@ class PostgresBackend:
         """Wait for backends that are still exiting; FORCE handles the ones that are not."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            row = self._conn.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (name,)
-            ).fetchone()
+            row = self._exec("SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (name,)).fetchone()
             if not row or row[0] == 0:
                 return
             time.sleep(0.001)
@@ -237,10 +261,10 @@ class PostgresBackend:
     def _drop_now(self, name: str, *, is_template: bool = False) -> None:
         ident = sql.Identifier(name)
         if is_template:
-            self._conn.execute(sql.SQL("ALTER DATABASE {} IS_TEMPLATE false").format(ident))
+            self._exec(sql.SQL("ALTER DATABASE {} IS_TEMPLATE false").format(ident))
         self._wait_idle(name, timeout=0.5)
         force = sql.SQL(" WITH (FORCE)") if self.server_version >= 13 else sql.SQL("")
-        self._conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(ident) + force)
+        self._exec(sql.SQL("DROP DATABASE IF EXISTS {}").format(ident) + force)
 
 
 def _record(row: Any, size: int | None = None) -> BranchRecord | None:

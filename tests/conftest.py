@@ -39,17 +39,24 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(scope="session")
-def embedded_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerAddress]:
+def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServer]:
+    """This session's own server in RAM, started with the plugin's EmbeddedServer."""
     base = Path("/dev/shm") if Path("/dev/shm").is_dir() else tmp_path_factory.getbasetemp()
     folder = base / f"dbbranch-tests-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     try:
         server = EmbeddedServer(folder)
         address = server.acquire("tests")
         _add_password_role(server, address)
-        yield address
+        server.base_folder = folder  # type: ignore[attr-defined]
+        yield server
         server.release("tests")
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def embedded_server(embedded: EmbeddedServer) -> ServerAddress:
+    return embedded.address()
 
 
 def _add_password_role(server: EmbeddedServer, address: ServerAddress) -> None:

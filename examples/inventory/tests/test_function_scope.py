@@ -15,6 +15,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from inventory.models import Item, metadata
 from inventory.repository import add_item, move_item, stock_by_location
+from psycopg.conninfo import conninfo_to_dict
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
@@ -42,8 +43,12 @@ def test_branch_is_at_head(db_branch: Conn, snapshot_facts: SnapshotFacts) -> No
 
 def test_branch_info_describes_the_same_database(db_branch: Conn, db_branch_info: Branch) -> None:
     assert db_branch_info.connection is db_branch
-    row = db_branch.execute("SELECT current_database()").fetchone()
-    assert row == (db_branch_info.name,)
+    # Backend-neutral: on PostgreSQL the database is named after the branch, on Lakebase every
+    # branch has its own endpoint and the same database name.
+    assert db_branch.info.dbname == conninfo_to_dict(db_branch_info.conninfo)["dbname"]
+    here = db_branch.execute("SELECT current_database()").fetchone()
+    with db_branch_info.connect() as other:
+        assert other.execute("SELECT current_database()").fetchone() == here
 
 
 # --- application code against real data -------------------------------------

@@ -56,10 +56,9 @@ def test_session_branch_read_only(
     snapshot_facts: SnapshotFacts,
 ) -> None:
     try:
-        row = db_branch_session.execute(
-            "SELECT current_database(), version_num FROM alembic_version"
-        ).fetchone()
-        assert row == (db_branch_session_info.name, snapshot_facts.head_revision)
+        row = db_branch_session.execute("SELECT version_num FROM alembic_version").fetchone()
+        assert row == (snapshot_facts.head_revision,)
+        assert db_branch_session_info.connection is db_branch_session
         assert stock_by_location(db_branch_session) == snapshot_facts.stock_by_location
     finally:
         # end the read transaction instead of leaving it open for the session
