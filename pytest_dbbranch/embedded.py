@@ -235,7 +235,7 @@ class EmbeddedServer:
                 pid = int(entry.read_text().strip() or 0)
             except (OSError, ValueError):
                 pid = 0
-            if pid and _pid_alive(pid):
+            if pid and pid_alive(pid):
                 live.append(entry.name)
             else:
                 with contextlib.suppress(OSError):
@@ -258,7 +258,7 @@ class EmbeddedServer:
             pid, port = int(lines[0]), int(lines[3])
         except (OSError, ValueError, IndexError):
             return None
-        if not _pid_alive(pid):
+        if not pid_alive(pid):
             return None
         status = self._pg_ctl("status", "-D", str(self.data), check=False)
         return port if status.returncode == 0 else None
@@ -372,7 +372,7 @@ def _run_as_user() -> pwd.struct_passwd | None:
     )
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

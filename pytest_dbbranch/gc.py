@@ -7,13 +7,13 @@ tag is ever a candidate.
 
 from __future__ import annotations
 
-import os
 import socket
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from .backend import Backend, BranchRecord, Tag
+from .embedded import pid_alive
 
 
 @dataclass(frozen=True)
@@ -28,16 +28,6 @@ class Garbage:
             "run": self.record.tag.run,
             "reason": self.reason,
         }
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def run_is_gone(tag: Tag, *, host: str | None = None, alive: Callable[[int], bool] = pid_alive) -> bool:

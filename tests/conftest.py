@@ -274,3 +274,26 @@ def pg_dump(url: str, dbname: str, *args: str) -> bytes:
     return b"\n".join(
         line for line in out.splitlines() if not line.startswith((b"\\restrict", b"\\unrestrict"))
     )
+
+
+def copy_example(pytester: pytest.Pytester) -> None:
+    """The example application, as a user's project folder."""
+    for entry in EXAMPLE.iterdir():
+        if entry.name in ("__pycache__", ".pytest_cache"):
+            continue
+        target = pytester.path / entry.name
+        if entry.is_dir():
+            shutil.copytree(entry, target, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(entry, target)
+
+
+def restore_snapshot(address: ServerAddress, dbname: str) -> None:
+    """A fresh database ``dbname`` holding the example's production snapshot."""
+    from pytest_dbbranch.source import client
+
+    with psycopg.connect(address.conninfo(), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+    argv = [client("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", str(EXAMPLE / "snapshot.sql")]
+    subprocess.run([*argv, address.conninfo(dbname)], check=True, capture_output=True)

@@ -2,21 +2,8 @@
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
-from conftest import EXAMPLE, drop_ours, our_branches, run_inner
-
-
-def _copy_example(pytester: pytest.Pytester) -> None:
-    for entry in EXAMPLE.iterdir():
-        if entry.name in ("__pycache__", ".pytest_cache"):
-            continue
-        target = pytester.path / entry.name
-        if entry.is_dir():
-            shutil.copytree(entry, target, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(entry, target)
+from conftest import copy_example, drop_ours, our_branches, run_inner
 
 
 def _passed(result: pytest.RunResult) -> int:
@@ -27,7 +14,7 @@ def _passed(result: pytest.RunResult) -> int:
 
 def test_example_suite_on_embedded_server(pytester: pytest.Pytester, embedded_url: str) -> None:
     drop_ours(embedded_url)
-    _copy_example(pytester)
+    copy_example(pytester)
     result = run_inner(pytester, embedded_url)
     assert result.ret == 0, result.stdout.str()
     assert _passed(result) >= 15
@@ -36,7 +23,7 @@ def test_example_suite_on_embedded_server(pytester: pytest.Pytester, embedded_ur
 
 def test_example_suite_with_xdist_loadscope(pytester: pytest.Pytester, embedded_url: str) -> None:
     drop_ours(embedded_url)
-    _copy_example(pytester)
+    copy_example(pytester)
     result = run_inner(pytester, embedded_url, "-n", "2", "--dist", "loadscope")
     assert result.ret == 0, result.stdout.str()
     result.stdout.fnmatch_lines(["*templates: *, 3 built*"])  # head, 0001, 0002
@@ -47,7 +34,7 @@ def test_example_suite_with_xdist_loadscope(pytester: pytest.Pytester, embedded_
 def test_example_suite_on_existing_server_as_non_superuser(
     pytester: pytest.Pytester, system_url: str
 ) -> None:
-    _copy_example(pytester)
+    copy_example(pytester)
     result = run_inner(pytester, system_url)
     assert result.ret == 0, result.stdout.str()
     assert _passed(result) >= 15

@@ -6,7 +6,6 @@ Source untouched, crash safety, parallel load, faults in the middle, secrets nev
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,12 +15,13 @@ from pathlib import Path
 import psycopg
 import pytest
 from conftest import (
-    EXAMPLE,
     SECRET,
     AlembicProject,
+    copy_example,
     drop_ours,
     our_branches,
     pg_dump,
+    restore_snapshot,
     run_inner,
     write_tests,
 )
@@ -29,7 +29,6 @@ from psycopg import sql
 
 from pytest_dbbranch.conninfo import ServerAddress
 from pytest_dbbranch.embedded import EmbeddedServer
-from pytest_dbbranch.source import client
 
 PROD = "prod_inventory_snapshot"
 
@@ -42,23 +41,7 @@ def _clean_server(embedded_url: str) -> None:
 @pytest.fixture
 def production(embedded_server: ServerAddress) -> str:
     """The example's snapshot restored into an ordinary database: the user's production copy."""
-    with psycopg.connect(embedded_server.conninfo(), autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(PROD)))
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(PROD)))
-    subprocess.run(
-        [
-            client("psql"),
-            "-X",
-            "-q",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-f",
-            str(EXAMPLE / "snapshot.sql"),
-            embedded_server.conninfo(PROD),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    restore_snapshot(embedded_server, PROD)
     return PROD
 
 
@@ -82,17 +65,6 @@ def fingerprint(url: str, dbname: str) -> tuple[bytes, dict[str, str]]:
             for table in tables
         }
     return pg_dump(url, dbname), rows
-
-
-def copy_example(pytester: pytest.Pytester) -> None:
-    for entry in EXAMPLE.iterdir():
-        if entry.name in ("__pycache__", ".pytest_cache"):
-            continue
-        target = pytester.path / entry.name
-        if entry.is_dir():
-            shutil.copytree(entry, target, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(entry, target)
 
 
 # -- 1. the source is never written --------------------------------------------------------

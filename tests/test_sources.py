@@ -13,6 +13,7 @@ from conftest import (
     drop_ours,
     our_branches,
     pg_dump,
+    restore_snapshot,
     run_inner,
     write_tests,
 )
@@ -66,28 +67,8 @@ def test_plain_sql_dump_is_restored_once(pytester: pytest.Pytester, embedded_url
 def test_custom_format_dump(pytester: pytest.Pytester, embedded_url: str, embedded_server) -> None:
     _copy_example_migrations(pytester)
     scratch = "scratch_for_custom_dump"
-    with psycopg.connect(embedded_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(scratch)))
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(scratch)))
     try:
-        import subprocess
-
-        from pytest_dbbranch.source import client
-
-        subprocess.run(
-            [
-                client("psql"),
-                "-X",
-                "-q",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-f",
-                str(EXAMPLE / "snapshot.sql"),
-                embedded_server.conninfo(scratch),
-            ],
-            check=True,
-            capture_output=True,
-        )
+        restore_snapshot(embedded_server, scratch)
         (pytester.path / "prod.pgdump").write_bytes(pg_dump(embedded_url, scratch, "-Fc"))
     finally:
         with psycopg.connect(embedded_url, autocommit=True) as conn:
