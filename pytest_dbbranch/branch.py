@@ -130,11 +130,19 @@ class RollbackBranch(Branch):
     """
 
     _transaction: Any = None
+    #: The worker's long-lived connection to the shared branch: opening one per test would
+    #: cost ten times the rollback itself.
+    shared: psycopg.Connection[Any] | None = None
 
     @property
     def connection(self) -> psycopg.Connection[Any]:
         if self._connection is None or self._connection.closed:
-            conn = self.connect()
+            conn = self.shared
+            if conn is None or conn.closed or conn.broken:
+                conn = psycopg.connect(self.conninfo)
+                self.shared = conn
+            if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                conn.rollback()
             self._transaction = conn.transaction(force_rollback=True)
             self._transaction.__enter__()
             self._connection = conn
@@ -147,8 +155,14 @@ class RollbackBranch(Branch):
         )
 
     def close(self) -> None:
-        if self._transaction is not None and self._connection is not None and not self._connection.closed:
-            with contextlib.suppress(psycopg.Error):
+        """Roll back and keep the shared connection for the worker's next test."""
+        conn = self._connection
+        if self._transaction is not None and conn is not None and not conn.closed:
+            try:
                 self._transaction.__exit__(None, None, None)
+            except psycopg.Error:
+                with contextlib.suppress(psycopg.Error):
+                    conn.close()
         self._transaction = None
+        self._connection = None
         super().close()

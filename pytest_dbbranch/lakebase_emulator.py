@@ -266,6 +266,9 @@ class LakebaseEmulator:
         self._http_port = http_port
         self._pg_port = pg_port
         self.instance = uuid.uuid4().hex[:12]
+        #: Backing databases this instance made. Clients may overwrite a database comment
+        #: (the plugin tags its branches that way), so the registry counts as proof too.
+        self._created: set[str] = set()
         self._lock = threading.RLock()
         self._stopping = threading.Event()
         self._projects: dict[str, _Project] = {}
@@ -383,6 +386,7 @@ class LakebaseEmulator:
         if source_database is None:
             with self._admin() as conn:
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+                self._created.add(database)
                 self._comment(conn, database, tag)
         else:
             self._clone(source_database, database, tag)
@@ -524,6 +528,7 @@ class LakebaseEmulator:
             raise
 
     def _tag_or_drop(self, conn: psycopg.Connection[tuple[Any, ...]], database: str, tag: str) -> None:
+        self._created.add(database)
         try:
             self._comment(conn, database, tag)
         except BaseException:
@@ -572,11 +577,13 @@ class LakebaseEmulator:
             "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s", (database,)
         ).fetchone()
         if row is None:
+            self._created.discard(database)
             return
-        if not self._is_ours(row[0]):
-            logger.warning("not dropping %s: it does not carry this emulator's tag", database)
+        if database not in self._created and not self._is_ours(row[0]):
+            logger.warning("not dropping %s: this emulator did not create it", database)
             return
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
+        self._created.discard(database)
 
     def _drop_all_ours(self) -> None:
         with self._admin() as conn:
@@ -584,7 +591,7 @@ class LakebaseEmulator:
                 "SELECT datname, shobj_description(oid, 'pg_database') FROM pg_database"
             ).fetchall()
             for name, comment in rows:
-                if self._is_ours(comment):
+                if name in self._created or self._is_ours(comment):
                     with contextlib.suppress(psycopg.Error):
                         self._drop(conn, name)
 

@@ -96,6 +96,7 @@ class BranchManager:
         self._hosts: dict[str, tuple[str, Backend]] = {}
         self._host_branches: list[tuple[str, Backend, Backend | None]] = []
         self._pools: dict[str, WarmPool] = {}
+        self._shared_connections: dict[str, psycopg.Connection[Any]] = {}
         self._embedded: EmbeddedServer | None = None
         self._templates: dict[tuple[Any, ...], str] = {}
         self._failures: dict[tuple[Any, ...], DbBranchError] = {}
@@ -307,7 +308,9 @@ class BranchManager:
         fingerprint = self._plans[template].fingerprint if template in self._plans else ""
         if isolation == "rollback":
             host, host_backend = self._host(settings, template, backend, clone=False)
-            return RollbackBranch(host, host_backend, settings, self, settings.revision)
+            rollback = RollbackBranch(host, host_backend, settings, self, settings.revision)
+            rollback.shared = self._shared_connections.get(host)
+            return rollback
         pool = self._pool(settings, template, backend, fingerprint) if scope == "function" else None
         if pool is not None and isolation == "branch":
             ready = pool.take()
@@ -390,6 +393,8 @@ class BranchManager:
         """
         branch.close()
         if isinstance(branch, RollbackBranch):
+            if branch.shared is not None:
+                self._shared_connections[branch.name] = branch.shared
             return False  # the transaction was rolled back; the host branch lives on
         backend = branch.backend
         keep = branch.settings.keep
@@ -472,6 +477,10 @@ class BranchManager:
             for pool in self._pools.values():
                 pool.close()
             self._pools.clear()
+            for conn in self._shared_connections.values():
+                with contextlib.suppress(Exception):
+                    conn.close()
+            self._shared_connections.clear()
             for name, backend, inner in reversed(self._host_branches):
                 with contextlib.suppress(Exception):
                     if inner is not None:

@@ -503,6 +503,8 @@ def test_rollback_isolation_shares_one_branch_per_worker(
             db_branch.execute("INSERT INTO widgets (name) VALUES ('temp')")
             with open("hosts.txt", "a") as f:
                 f.write(db_branch_info.name + "\\n")
+            with open("pids.txt", "a") as f:
+                f.write(f"{db_branch.info.backend_pid}\\n")
 
         def test_commit_is_refused(db_branch):
             with pytest.raises(psycopg.ProgrammingError):
@@ -513,6 +515,8 @@ def test_rollback_isolation_shares_one_branch_per_worker(
     result.assert_outcomes(passed=7)
     hosts = set((pytester.path / "hosts.txt").read_text().split())
     assert 1 <= len(hosts) <= 2, "one shared branch per worker"
+    pids = set((pytester.path / "pids.txt").read_text().split())
+    assert len(pids) <= 2, "one long-lived connection per worker, not one per test"
     assert balanced(result) == 2  # rollback: one host branch per worker, and no warm pool
     assert our_branches(embedded_url) == []
 

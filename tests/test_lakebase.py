@@ -101,6 +101,12 @@ def test_three_scopes_on_lakebase(
     result.assert_outcomes(passed=4)
     assert alembic_project.runs == 1
     assert any(agent.startswith("pytest-dbbranch/") for agent in emulator.user_agents())
+    # Deleted branches leave no backing database behind (the plugin's tag must not hide
+    # them from the emulator's cleanup).
+    live = {emulator.database_of(PROJECT, b["name"].rsplit("/", 1)[-1]) for b in emulator.branches(PROJECT)}
+    with psycopg.connect(emulator_backing(emulator).conninfo()) as conn:
+        backing = {r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'lb\\_%'")}
+    assert backing == live
     assert live_test_branches(emulator) == []
     # The production branch is untouched: still 50 customers, no migrations.
     production = emulator.database_of(PROJECT, "production")
