@@ -40,3 +40,16 @@ def test_readme_script_example(
     exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
     assert our_branches(embedded_url) == []
     assert len(our_branches(embedded_url, "template")) == 1
+
+
+def test_readme_performance_numbers_come_from_the_benchmark_results() -> None:
+    import json
+
+    results = json.loads((REPO / "bench" / "results.json").read_text())
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Performance", 1)[1].split("\n## ", 1)[0]
+    for key in ("raw_floor", "db_branch_pool0", "db_branch_pool2", "rollback", "pytest_postgresql"):
+        median = results["per_test"][key]["median_ms"]
+        shown = f"{median:.3g}" if median >= 1 else f"{median:.2f}"
+        assert shown in section, (key, shown)
+    assert (REPO / "bench" / "results.png").stat().st_size > 10_000
