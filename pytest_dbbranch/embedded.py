@@ -176,6 +176,7 @@ class EmbeddedServer:
                 (self.users / f"{run_id}").unlink()
             if self._live_users():
                 return False
+            self._ensure_usable_binaries()
             if self._running_port() is None:
                 return False
             self._pg_ctl("stop", "-D", str(self.data), "-m", "fast", "-w", "-t", "60")
@@ -185,6 +186,7 @@ class EmbeddedServer:
         """Restart the running server (same port): what a crash-recovery or failover looks
         like to clients, whose sessions all end."""
         with self._lock:
+            self._ensure_usable_binaries()
             self._pg_ctl("restart", "-D", str(self.data), "-l", str(self.log), "-m", "fast", "-w", "-t", "60")
             return self._ensure_running()
 
