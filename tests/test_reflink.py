@@ -38,7 +38,12 @@ def xfs_folder(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_tmpfs_has_no_reflink() -> None:
-    assert supports_reflink(Path("/dev/shm") / f"dbbranch-probe-{uuid.uuid4().hex[:6]}") is False
+    folder = Path("/dev/shm") / f"dbbranch-probe-{uuid.uuid4().hex[:6]}"
+    try:
+        assert supports_reflink(folder) is False
+        assert list(folder.iterdir()) == [], "the probe cleans up after itself"
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_embedded_server_on_xfs_clones(xfs_folder: Path, tmp_path: Path) -> None:
