@@ -78,9 +78,9 @@ class MigrationChecks:
     def idempotent(self) -> None:
         with self._source_branch("idempotent") as address:
             migrate.upgrade(self._project, address, self.plan.target)
-            before, rows_before = self._fingerprint(address), self._version_rows(address)
+            before, rows_before = self._schema(address), self._revisions(address)
             migrate.upgrade(self._project, address, self.plan.target)
-            after, rows_after = self._fingerprint(address), self._version_rows(address)
+            after, rows_after = self._schema(address), self._revisions(address)
         if rows_after != rows_before:
             raise CheckFailed(
                 f"running the upgrade again changed the version table: {rows_before} -> {rows_after}"
@@ -106,16 +106,16 @@ class MigrationChecks:
                 down = script.down_revision
                 if isinstance(down, tuple | list):
                     continue  # a merge point: its parents are checked on their own
-                before = self._fingerprint(address)
+                before = self._schema(address)
                 migrate.upgrade(project, address, script.revision)
-                applied = self._fingerprint(address)
+                applied = self._schema(address)
                 try:
                     migrate.downgrade(project, address, down or "base")
                 except MigrationError as exc:
                     raise CheckFailed(
                         f"revision {script.revision}: its downgrade fails on production-shaped data:\n{exc}"
                     ) from None
-                back = self._fingerprint(address)
+                back = self._schema(address)
                 if not _same(back, before):
                     problems.append(
                         f"revision {script.revision}: downgrade does not restore the schema before "
@@ -123,7 +123,7 @@ class MigrationChecks:
                     )
                     break
                 migrate.upgrade(project, address, script.revision)
-                again = self._fingerprint(address)
+                again = self._schema(address)
                 if not _same(again, applied):
                     problems.append(
                         f"revision {script.revision}: upgrade after downgrade gives another schema:\n"
@@ -184,10 +184,7 @@ class MigrationChecks:
         with psycopg.connect(address.conninfo()) as conn:
             return migrate.current_revisions(conn)
 
-    def _version_rows(self, address: ServerAddress) -> tuple[str, ...]:
-        return self._revisions(address)
-
-    def _fingerprint(self, address: ServerAddress) -> Any:
+    def _schema(self, address: ServerAddress) -> Any:
         from .schema import read_schema
 
         with psycopg.connect(address.conninfo()) as conn:

@@ -19,7 +19,6 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -393,18 +392,3 @@ def running(base_dir: Path | None = None, run_id: str = "script") -> Iterator[Se
         yield address
     finally:
         server.release(run_id)
-
-
-def wait_ready(address: ServerAddress, timeout: float = 10.0) -> None:
-    """Used after a restart: the pid file appears before the server accepts connections."""
-    import psycopg
-
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            psycopg.connect(address.conninfo(), connect_timeout=2).close()
-            return
-        except psycopg.OperationalError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)

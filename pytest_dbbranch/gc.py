@@ -74,7 +74,7 @@ def find_garbage(
         if tag.kind == "branch":
             if tag.kept and not include_kept and not old:
                 continue
-            if run_is_gone(tag, host=host, alive=alive) and (not tag.kept or include_kept or old):
+            if run_is_gone(tag, host=host, alive=alive):
                 found.append(Garbage(record, f"its run {tag.run} is gone (pid {tag.pid} on {tag.host})"))
             elif old:
                 found.append(Garbage(record, f"older than {_age(older_than or 0)}"))

@@ -88,7 +88,13 @@ class LakebaseBackend:
         project_id = settings.lakebase_project.removeprefix("projects/")
         self.project = f"projects/{project_id}"
         self.w = client if client is not None else make_client(settings)
-        project = self._api("read the project", lambda: self.w.postgres.get_project(self.project))
+        try:
+            project = self._api("read the project", lambda: self.w.postgres.get_project(self.project))
+        except LookupError:
+            raise ConfigError(
+                f"Lakebase project {self.project} not found (dbbranch_lakebase_project); "
+                "check the project id and the workspace"
+            ) from None
         status = project.status
         self.default_branch: str = (status.default_branch if status else None) or (
             f"{self.project}/branches/production"
@@ -317,11 +323,6 @@ class LakebaseBackend:
             try:
                 return call()
             except errors.NotFound:
-                if what.startswith(("read the project",)):
-                    raise ConfigError(
-                        f"Lakebase project {self.project} not found (dbbranch_lakebase_project); "
-                        "check the project id and the workspace"
-                    ) from None
                 raise LookupError(what) from None
             except errors.ResourceConflict as exc:
                 if conflict:

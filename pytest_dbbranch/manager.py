@@ -29,7 +29,7 @@ from .fingerprint import fingerprint, project_key
 from .pool import WarmPool
 from .postgres import PostgresBackend
 from .settings import Settings
-from .source import EMPTY_PARENT, Source, parse_source
+from .source import Source, parse_source
 from .stats import Stats
 
 
@@ -497,6 +497,3 @@ class BranchManager:
             if self._embedded is not None:
                 self._embedded.release(self._registration)
                 self._embedded = None
-
-
-__all__ = ["EMPTY_PARENT", "BranchManager"]

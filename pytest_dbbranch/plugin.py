@@ -229,7 +229,7 @@ def dbbranch_settings(pytestconfig: pytest.Config) -> Settings:
 
 @pytest.fixture(scope="session")
 def dbbranch_manager(pytestconfig: pytest.Config) -> BranchManager:
-    """The run's branch manager (it outlives the session so kept branches are reported)."""
+    """The run's branch manager; closed at session finish, after the session's fixtures."""
     return pytestconfig.stash[_STATE].get_manager()
 
 
