@@ -35,7 +35,7 @@ from scenarios import growth, reflink, report, suites  # noqa: E402
 from scenarios.common import Workspace, copy_example_app, create_database, log  # noqa: E402
 
 from pytest_dbbranch import BranchManager  # noqa: E402
-from pytest_dbbranch.embedded import SERVER_SETTINGS, EmbeddedServer  # noqa: E402
+from pytest_dbbranch.server.embedded import SERVER_SETTINGS, EmbeddedServer  # noqa: E402
 from pytest_dbbranch.settings import resolve  # noqa: E402
 
 SECTIONS = ("per_test", "suite", "size_growth", "migration_growth", "reflink", "lakebase")

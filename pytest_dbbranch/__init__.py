@@ -1,7 +1,9 @@
 """A database branch per test, module or session: migrate once, fork per test."""
 
-from .backend import Backend, BranchRecord, Tag
-from .branch import Branch
+from ._version import __version__
+from .backends.base import Backend, BranchRecord, Tag
+from .branching.branch import Branch
+from .branching.manager import BranchManager
 from .conninfo import ServerAddress
 from .errors import (
     ConfigError,
@@ -12,11 +14,8 @@ from .errors import (
     ServerError,
     SourceError,
 )
-from .factories import branch_fixture
-from .manager import BranchManager
+from .pytest_plugin.factories import branch_fixture
 from .settings import Settings
-
-__version__ = "0.1.0"
 
 __all__ = [
     "Backend",
@@ -33,5 +32,6 @@ __all__ = [
     "Settings",
     "SourceError",
     "Tag",
+    "__version__",
     "branch_fixture",
 ]

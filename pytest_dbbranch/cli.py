@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .branching.manager import BranchManager
 from .errors import DbBranchError, NotOursError
-from .manager import BranchManager
 from .settings import SPECS, Settings, resolve
 
 EXIT_OK, EXIT_NOTHING, EXIT_ERROR, EXIT_REFUSED = 0, 1, 2, 3
@@ -154,7 +154,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
-    from .gc import collect, find_garbage
+    from .branching.cleanup import collect, find_garbage
     from .settings import parse_duration
 
     older = parse_duration(args.older_than, "--older-than") if args.older_than else None
@@ -187,7 +187,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    from .diff import render_json, render_markdown
+    from .schema.diff import render_json, render_markdown
 
     manager = _manager(args)
     try:
@@ -204,7 +204,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 def cmd_emulator(args: argparse.Namespace) -> int:
     """Hand the remaining arguments to the emulator's own parser (``--help`` included)."""
-    from .lakebase_emulator import main as emulator_main
+    from .emulator.service import main as emulator_main
 
     return emulator_main(list(args.rest))
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from pytest_dbbranch.backend import TOOL, Tag
-from pytest_dbbranch.fingerprint import fingerprint, project_key
+from pytest_dbbranch.backends.base import TOOL, Tag
+from pytest_dbbranch.branching.fingerprint import fingerprint, project_key
 from pytest_dbbranch.names import NAME_RE, template_name
 
 FILES = {
@@ -112,7 +112,7 @@ def test_fingerprint_is_stable_across_processes(project: Path) -> None:
     script = (
         "import json, sys\n"
         "from pathlib import Path\n"
-        "from pytest_dbbranch.fingerprint import fingerprint, project_key\n"
+        "from pytest_dbbranch.branching.fingerprint import fingerprint, project_key\n"
         "from pytest_dbbranch.names import template_name\n"
         "files = [(r, Path(p)) for r, p in json.loads(sys.argv[1])]\n"
         "fp = fingerprint(source_identity='dump:sha256:abc', revisions=['0002'], server_version=16,\n"

@@ -12,8 +12,8 @@ import pytest
 from conftest import AlembicProject, databases, drop_ours, our_branches, run_inner, write_tests
 from psycopg import sql
 
-from pytest_dbbranch.backend import BranchRecord, Tag
-from pytest_dbbranch.gc import find_garbage
+from pytest_dbbranch.backends.base import BranchRecord, Tag
+from pytest_dbbranch.branching.cleanup import find_garbage
 
 KILLED = """
     import os, signal

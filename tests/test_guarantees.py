@@ -28,7 +28,7 @@ from conftest import (
 from psycopg import sql
 
 from pytest_dbbranch.conninfo import ServerAddress
-from pytest_dbbranch.embedded import EmbeddedServer
+from pytest_dbbranch.server.embedded import EmbeddedServer
 
 PROD = "prod_inventory_snapshot"
 
@@ -101,7 +101,7 @@ def test_source_branch_untouched_on_the_emulator(
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
 ) -> None:
-    from pytest_dbbranch.lakebase_emulator import LakebaseEmulator
+    from pytest_dbbranch.emulator.service import LakebaseEmulator
 
     for key in list(os.environ):
         if key.startswith("DATABRICKS_"):
@@ -293,7 +293,7 @@ def test_server_restart_during_a_run(
         "test_r",
         """
         import os
-        from pytest_dbbranch.embedded import EmbeddedServer
+        from pytest_dbbranch.server.embedded import EmbeddedServer
 
         def test_1_before(db_branch):
             db_branch.execute("SELECT 1")

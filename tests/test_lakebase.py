@@ -16,7 +16,7 @@ from conftest import AlembicProject, run_inner, write_tests
 from psycopg import sql
 
 from pytest_dbbranch.conninfo import ServerAddress
-from pytest_dbbranch.lakebase_emulator import LakebaseEmulator
+from pytest_dbbranch.emulator.service import LakebaseEmulator
 
 PROJECT = "demo"
 
@@ -360,8 +360,8 @@ def test_budget_of_zero_is_refused(
 def test_default_and_protected_branches_are_never_deleted(
     emulator: LakebaseEmulator, lakebase_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    from pytest_dbbranch.backends.lakebase import LakebaseBackend
     from pytest_dbbranch.errors import NotOursError
-    from pytest_dbbranch.lakebase import LakebaseBackend
     from pytest_dbbranch.settings import resolve
 
     for key, value in lakebase_env.items():

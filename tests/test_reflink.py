@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_dbbranch.embedded import supports_reflink
-from pytest_dbbranch.manager import BranchManager
+from pytest_dbbranch.branching.manager import BranchManager
+from pytest_dbbranch.server.embedded import supports_reflink
 from pytest_dbbranch.settings import resolve
 
 

@@ -21,8 +21,15 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from pytest_dbbranch.conninfo import ServerAddress
-from pytest_dbbranch.diff import Change, SchemaDiff, diff_schemas, is_widening, render_json, render_markdown
-from pytest_dbbranch.schema import Column, Schema, Sequence, View, read_schema
+from pytest_dbbranch.schema.diff import (
+    Change,
+    SchemaDiff,
+    diff_schemas,
+    is_widening,
+    render_json,
+    render_markdown,
+)
+from pytest_dbbranch.schema.model import Column, Schema, Sequence, View, read_schema
 
 
 class Scratch:

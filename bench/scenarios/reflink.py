@@ -17,7 +17,7 @@ from typing import Any
 
 import psycopg
 
-from pytest_dbbranch.embedded import EmbeddedServer
+from pytest_dbbranch.server.embedded import EmbeddedServer
 
 from .common import Workspace, fill_to_size, log, summarize_seconds
 from .growth import raw_branch_cycle

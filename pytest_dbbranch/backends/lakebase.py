@@ -21,15 +21,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import psycopg
 from psycopg import sql
 
-from . import names
-from .backend import BranchRecord, Tag
+from .. import names
+from ..conninfo import ServerAddress
+from ..errors import BranchExistsError, ConfigError, DbBranchError, NotOursError, ServerError, SourceError
+from ..settings import Settings
+from .base import BranchRecord, Tag
 from .budget import BranchBudget
-from .conninfo import ServerAddress
-from .errors import BranchExistsError, ConfigError, DbBranchError, NotOursError, ServerError, SourceError
-from .settings import Settings
 
 if TYPE_CHECKING:
-    from .source import Source
+    from ..branching.sources import Source
 
 T = TypeVar("T")
 
@@ -54,7 +54,7 @@ def make_client(settings: Settings) -> Any:
         raise ConfigError(
             "the Lakebase backend needs databricks-sdk: pip install 'pytest-dbbranch[lakebase]'"
         ) from None
-    from . import __version__
+    from .._version import __version__
 
     try:
         config = Config(

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from .backend import Backend, Tag
-from .errors import SourceError
-from .names import source_name
-from .settings import Settings
+from ..backends.base import Backend, Tag
+from ..errors import SourceError
+from ..names import source_name
+from ..settings import Settings
 
 EMPTY_PARENT = "template0"
 _DUMP_SUFFIXES = (".sql", ".dump", ".pgdump", ".backup", ".psql")
@@ -151,8 +151,8 @@ def _looks_like_sql(head: bytes) -> bool:
 
 def client(name: str) -> str:
     """psql / pg_restore: from the embedded binaries when present, else the system's."""
-    from .embedded import find_bindir
-    from .errors import EmbeddedServerError
+    from ..errors import EmbeddedServerError
+    from ..server.embedded import find_bindir
 
     try:
         candidate = find_bindir() / name

@@ -19,17 +19,18 @@ from typing import Any
 import filelock
 import psycopg
 
-from . import migrate, names
-from .backend import Backend, BranchRecord, Tag, iter_stale_templates
+from .. import names
+from ..backends.base import Backend, BranchRecord, Tag, iter_stale_templates
+from ..backends.postgres import PostgresBackend
+from ..conninfo import ServerAddress
+from ..errors import BranchExistsError, ConfigError, DbBranchError
+from ..migrations import alembic as migrate
+from ..server.embedded import EmbeddedServer
+from ..settings import Settings
 from .branch import Branch, RollbackBranch
-from .conninfo import ServerAddress
-from .embedded import EmbeddedServer
-from .errors import BranchExistsError, ConfigError, DbBranchError
 from .fingerprint import fingerprint, project_key
 from .pool import WarmPool
-from .postgres import PostgresBackend
-from .settings import Settings
-from .source import Source, parse_source
+from .sources import Source, parse_source
 from .stats import Stats
 
 
@@ -117,7 +118,7 @@ class BranchManager:
                     raise self._backend_failures[key]
                 try:
                     if kind == "lakebase":
-                        from .lakebase import LakebaseBackend
+                        from ..backends.lakebase import LakebaseBackend
 
                         backend = LakebaseBackend(settings, lock_root=self._lock_root())
                     else:
@@ -138,7 +139,7 @@ class BranchManager:
         Only one process of a run does it (the controller or the first xdist worker), and
         only for runs it can prove dead: their process is gone from this host.
         """
-        from .gc import collect, find_garbage
+        from .cleanup import collect, find_garbage
 
         if self.worker_id not in (None, "master", "gw0"):
             return
@@ -443,7 +444,7 @@ class BranchManager:
 
     def schema_diff(self, settings: Settings | None = None) -> Any:
         """How the migrated template differs from the source (production), for reviewers."""
-        from .diff import diff_schemas
+        from ..schema.diff import diff_schemas
 
         settings = settings or self.settings
         template = self.template(settings)
@@ -457,7 +458,7 @@ class BranchManager:
     def read_schema(self, parent: str, settings: Settings | None = None, *, label: str = "schema") -> Any:
         """The schema of ``parent``, read on a throwaway branch of it: sealed templates accept
         no connections, and a source is never connected to for longer than a fork."""
-        from .schema import read_schema
+        from ..schema.model import read_schema
 
         settings = settings or self.settings
         backend = self.backend(settings)

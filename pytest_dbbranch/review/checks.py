@@ -18,12 +18,13 @@ from typing import Any
 
 import psycopg
 
-from . import migrate, names
-from .backend import Tag
-from .conninfo import ServerAddress
-from .errors import ConfigError, DbBranchError, MigrationError
-from .manager import BranchManager, TemplatePlan
-from .settings import Settings
+from .. import names
+from ..backends.base import Tag
+from ..branching.manager import BranchManager, TemplatePlan
+from ..conninfo import ServerAddress
+from ..errors import ConfigError, DbBranchError, MigrationError
+from ..migrations import alembic as migrate
+from ..settings import Settings
 
 CHECKS = ("single-head", "applies", "idempotent", "reversible", "models-match")
 
@@ -185,7 +186,7 @@ class MigrationChecks:
             return migrate.current_revisions(conn)
 
     def _schema(self, address: ServerAddress) -> Any:
-        from .schema import read_schema
+        from ..schema.model import read_schema
 
         with psycopg.connect(address.conninfo()) as conn:
             return read_schema(conn)
@@ -241,13 +242,13 @@ def _has_downgrade(script: Any) -> bool:
 def _same(a: Any, b: Any) -> bool:
     """Same objects with the same definitions. Column order is not compared: PostgreSQL cannot
     move a column without rewriting the table, so a downgrade that re-adds one puts it last."""
-    from .diff import diff_schemas
+    from ..schema.diff import diff_schemas
 
     return bool(diff_schemas(a, b).empty)
 
 
 def _summary(before: Any, after: Any) -> str:
-    from .diff import diff_schemas
+    from ..schema.diff import diff_schemas
 
     changes = diff_schemas(before, after).changes
     return (

@@ -16,10 +16,10 @@ from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from .conninfo import ServerAddress
+from ..conninfo import ServerAddress
 
 if TYPE_CHECKING:
-    from .source import Source
+    from ..branching.sources import Source
 
 TOOL = "pytest-dbbranch"
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import filelock
 
-from .errors import DbBranchError
+from ..errors import DbBranchError
 
 
 class BranchBudget:

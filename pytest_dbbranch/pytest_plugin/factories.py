@@ -14,8 +14,8 @@ from typing import Any, Literal
 
 import pytest
 
-from .branch import Branch
-from .errors import DbBranchError
+from ..branching.branch import Branch
+from ..errors import DbBranchError
 
 MARKER = "dbbranch"
 

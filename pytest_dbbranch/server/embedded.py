@@ -25,8 +25,8 @@ from typing import Any
 
 import filelock
 
-from .conninfo import ServerAddress
-from .errors import EmbeddedServerError
+from ..conninfo import ServerAddress
+from ..errors import EmbeddedServerError
 
 SERVER_SETTINGS = {
     "listen_addresses": "127.0.0.1",

@@ -10,7 +10,7 @@ import hashlib
 from collections.abc import Iterable
 from pathlib import Path
 
-from .names import short_hash
+from ..names import short_hash
 
 #: Bump when the way templates are built changes incompatibly.
 FORMAT = "dbbranch-template-v1"

@@ -31,7 +31,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from .conninfo import ServerAddress
+from ..conninfo import ServerAddress
 
 logger = logging.getLogger(__name__)
 

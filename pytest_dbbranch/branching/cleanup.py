@@ -12,8 +12,8 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from .backend import Backend, BranchRecord, Tag
-from .embedded import pid_alive
+from ..backends.base import Backend, BranchRecord, Tag
+from ..server.embedded import pid_alive
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .conninfo import ServerAddress
-from .errors import ConfigError, MigrationError
+from ..conninfo import ServerAddress
+from ..errors import ConfigError, MigrationError
 
 _RUNNING = re.compile(r"Running (?:upgrade|downgrade) (\S*) -> (\S+)")
 

@@ -11,13 +11,13 @@ from typing import Any
 import psycopg
 import pytest
 
-from . import names
-from .branch import Branch
-from .errors import ConfigError, DbBranchError
+from .. import names
+from ..branching.branch import Branch
+from ..branching.manager import BranchManager
+from ..branching.stats import Stats
+from ..errors import ConfigError, DbBranchError
+from ..settings import SPECS, Settings, resolve
 from .factories import MARKER, branch_fixture
-from .manager import BranchManager
-from .settings import SPECS, Settings, resolve
-from .stats import Stats
 
 _SECTION = "dbbranch"
 
@@ -113,7 +113,7 @@ class MigrationCheckItem(pytest.Item):
         self.check = check
 
     def runtest(self) -> None:
-        from .checks import MigrationChecks
+        from ..review.checks import MigrationChecks
 
         MigrationChecks(self.config.stash[_STATE].get_manager()).run(self.check)
 
@@ -134,7 +134,7 @@ def pytest_collection_modifyitems(
     state = config.stash.get(_STATE, None)
     if state is None or not state.settings.check_migrations:
         return
-    from .checks import CHECKS
+    from ..review.checks import CHECKS
 
     checks = [c for c in CHECKS if c != "models-match" or state.settings.models]
     items[:0] = [
@@ -174,7 +174,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 def _write_schema_diff(session: pytest.Session, state: _RunState) -> None:
     """The review artefact of a run: written by the controller once, after the tests."""
-    from .diff import render_json, render_markdown
+    from ..schema.diff import render_json, render_markdown
 
     settings = state.settings
     assert settings.schema_diff is not None
@@ -267,8 +267,8 @@ def lakebase_emulator(dbbranch_manager: BranchManager) -> Iterator[Any]:
     """A Lakebase emulator for this session, backed by the run's PostgreSQL server (the
     embedded one unless a URL is configured), with a project ``demo``. Point a
     ``databricks.sdk.WorkspaceClient(host=emulator.url, token=emulator.token)`` at it."""
-    from .lakebase_emulator import LakebaseEmulator
-    from .postgres import PostgresBackend
+    from ..backends.postgres import PostgresBackend
+    from ..emulator.service import LakebaseEmulator
 
     backend = dbbranch_manager.backend(dataclasses.replace(dbbranch_manager.settings, backend="postgres"))
     assert isinstance(backend, PostgresBackend)

@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from .backend import Backend
-from .errors import DbBranchError
-from .settings import Settings
+from ..backends.base import Backend
+from ..errors import DbBranchError
+from ..settings import Settings
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine

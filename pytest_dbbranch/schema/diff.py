@@ -20,7 +20,7 @@ from collections.abc import Collection, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .schema import (
+from .model import (
     Column,
     Constraint,
     EnumType,

@@ -15,9 +15,9 @@ import threading
 from collections import deque
 from collections.abc import Callable
 
-from . import names
-from .backend import Tag
-from .postgres import PostgresBackend
+from .. import names
+from ..backends.base import Tag
+from ..backends.postgres import PostgresBackend
 from .stats import Stats
 
 

@@ -41,12 +41,12 @@ from urllib.parse import parse_qs, urlsplit
 import psycopg
 from psycopg import sql
 
-from .conninfo import ServerAddress, redact_text
-from .errors import DbBranchError
-from .pgproxy import PgProxy, ProxyRefusal, make_tls_context
+from ..conninfo import ServerAddress, redact_text
+from ..errors import DbBranchError
+from .proxy import PgProxy, ProxyRefusal, make_tls_context
 
 if TYPE_CHECKING:
-    from .embedded import EmbeddedServer
+    from ..server.embedded import EmbeddedServer
 
 logger = logging.getLogger(__name__)
 
@@ -536,7 +536,7 @@ class LakebaseEmulator:
             raise
 
     def _dump_restore(self, parent: str, database: str) -> None:
-        from .source import client
+        from ..branching.sources import client
 
         env = dict(os.environ)
         if self.backing.password:
@@ -1379,7 +1379,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.backing_url:
             backing = ServerAddress.parse(args.backing_url, where="--backing-url")
         else:
-            from .embedded import EmbeddedServer
+            from ..server.embedded import EmbeddedServer
 
             embedded = EmbeddedServer(None)
             backing = embedded.acquire("emulator")

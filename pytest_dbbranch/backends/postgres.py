@@ -19,11 +19,11 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from .backend import BranchRecord, Tag
-from .conninfo import ServerAddress
-from .errors import BranchExistsError, NotOursError, ServerError, SourceError
-from .settings import Strategy
-from .source import Source, ensure_source
+from ..branching.sources import Source, ensure_source
+from ..conninfo import ServerAddress
+from ..errors import BranchExistsError, NotOursError, ServerError, SourceError
+from ..settings import Strategy
+from .base import BranchRecord, Tag
 
 _DESCRIBE = """
 SELECT d.datname, shobj_description(d.oid, 'pg_database'), d.datistemplate, d.datallowconn
