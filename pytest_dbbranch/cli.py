@@ -187,7 +187,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    from .schema.diff import render_json, render_markdown
+    from .schema import render_json, render_markdown
 
     manager = _manager(args)
     try:
@@ -204,7 +204,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 def cmd_emulator(args: argparse.Namespace) -> int:
     """Hand the remaining arguments to the emulator's own parser (``--help`` included)."""
-    from .emulator.service import main as emulator_main
+    from .emulator import main as emulator_main
 
     return emulator_main(list(args.rest))
 

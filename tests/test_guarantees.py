@@ -101,7 +101,7 @@ def test_source_branch_untouched_on_the_emulator(
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
 ) -> None:
-    from pytest_dbbranch.emulator.service import LakebaseEmulator
+    from pytest_dbbranch.emulator import LakebaseEmulator
 
     for key in list(os.environ):
         if key.startswith("DATABRICKS_"):

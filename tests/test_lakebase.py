@@ -16,7 +16,7 @@ from conftest import AlembicProject, run_inner, write_tests
 from psycopg import sql
 
 from pytest_dbbranch.conninfo import ServerAddress
-from pytest_dbbranch.emulator.service import LakebaseEmulator
+from pytest_dbbranch.emulator import LakebaseEmulator
 
 PROJECT = "demo"
 

@@ -271,7 +271,7 @@ def run_suite(ws: Workspace, *, tests: int, repeat: int, pool: bool, files: int 
 
 def run_lakebase(ws: Workspace, *, tests: int, repeat: int) -> dict[str, Any]:
     """Scenario 10: pytest-dbbranch's Lakebase backend against the local emulator."""
-    from pytest_dbbranch.emulator.service import LakebaseEmulator
+    from pytest_dbbranch.emulator import LakebaseEmulator
 
     from .common import drop_database, restore_snapshot
 

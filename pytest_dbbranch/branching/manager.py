@@ -444,7 +444,7 @@ class BranchManager:
 
     def schema_diff(self, settings: Settings | None = None) -> Any:
         """How the migrated template differs from the source (production), for reviewers."""
-        from ..schema.diff import diff_schemas
+        from ..schema import diff_schemas
 
         settings = settings or self.settings
         template = self.template(settings)
@@ -458,7 +458,7 @@ class BranchManager:
     def read_schema(self, parent: str, settings: Settings | None = None, *, label: str = "schema") -> Any:
         """The schema of ``parent``, read on a throwaway branch of it: sealed templates accept
         no connections, and a source is never connected to for longer than a fork."""
-        from ..schema.model import read_schema
+        from ..schema import read_schema
 
         settings = settings or self.settings
         backend = self.backend(settings)

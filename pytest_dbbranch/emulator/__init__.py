@@ -1,1 +1,6 @@
-"""."""
+"""A local Lakebase emulator: the REST API databricks-sdk calls, and a PostgreSQL wire proxy
+that checks database credentials, backed by a real PostgreSQL server."""
+
+from .service import LakebaseEmulator, main
+
+__all__ = ["LakebaseEmulator", "main"]

@@ -174,7 +174,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 def _write_schema_diff(session: pytest.Session, state: _RunState) -> None:
     """The review artefact of a run: written by the controller once, after the tests."""
-    from ..schema.diff import render_json, render_markdown
+    from ..schema import render_json, render_markdown
 
     settings = state.settings
     assert settings.schema_diff is not None
@@ -268,7 +268,7 @@ def lakebase_emulator(dbbranch_manager: BranchManager) -> Iterator[Any]:
     embedded one unless a URL is configured), with a project ``demo``. Point a
     ``databricks.sdk.WorkspaceClient(host=emulator.url, token=emulator.token)`` at it."""
     from ..backends.postgres import PostgresBackend
-    from ..emulator.service import LakebaseEmulator
+    from ..emulator import LakebaseEmulator
 
     backend = dbbranch_manager.backend(dataclasses.replace(dbbranch_manager.settings, backend="postgres"))
     assert isinstance(backend, PostgresBackend)

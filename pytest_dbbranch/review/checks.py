@@ -186,7 +186,7 @@ class MigrationChecks:
             return migrate.current_revisions(conn)
 
     def _schema(self, address: ServerAddress) -> Any:
-        from ..schema.model import read_schema
+        from ..schema import read_schema
 
         with psycopg.connect(address.conninfo()) as conn:
             return read_schema(conn)
@@ -242,13 +242,13 @@ def _has_downgrade(script: Any) -> bool:
 def _same(a: Any, b: Any) -> bool:
     """Same objects with the same definitions. Column order is not compared: PostgreSQL cannot
     move a column without rewriting the table, so a downgrade that re-adds one puts it last."""
-    from ..schema.diff import diff_schemas
+    from ..schema import diff_schemas
 
     return bool(diff_schemas(a, b).empty)
 
 
 def _summary(before: Any, after: Any) -> str:
-    from ..schema.diff import diff_schemas
+    from ..schema import diff_schemas
 
     changes = diff_schemas(before, after).changes
     return (
