@@ -21,15 +21,17 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from pytest_dbbranch.conninfo import ServerAddress
-from pytest_dbbranch.schema.diff import (
+from pytest_dbbranch.schema import (
     Change,
+    Schema,
     SchemaDiff,
     diff_schemas,
-    is_widening,
+    read_schema,
     render_json,
     render_markdown,
 )
-from pytest_dbbranch.schema.model import Column, Schema, Sequence, View, read_schema
+from pytest_dbbranch.schema.equivalence import is_widening
+from pytest_dbbranch.schema.model import Column, Sequence, View
 
 
 class Scratch:
