@@ -187,13 +187,11 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
+    from .review import schema_diff
     from .schema import render_json, render_markdown
 
-    manager = _manager(args)
-    try:
-        diff = manager.schema_diff()
-    finally:
-        manager.close()
+    with _manager(args) as manager:
+        diff = schema_diff(manager)
     text = render_json(diff) if args.format == "json" else render_markdown(diff)
     if args.output:
         Path(args.output).write_text(text)

@@ -38,3 +38,15 @@ class NotOursError(DbBranchError):
 
 class BranchExistsError(DbBranchError):
     """Another process created this branch first; for a template, that is the lock."""
+
+
+class CheckFailed(DbBranchError):
+    """A migration check found a problem in the user's migrations or models."""
+
+
+class LakebaseOperationError(DbBranchError):
+    """A Lakebase long-running operation ended with an error code."""
+
+    def __init__(self, code: str, message: str, what: str) -> None:
+        super().__init__(f"Lakebase {what} failed: [{code}] {message}")
+        self.code = code

@@ -4,51 +4,36 @@ Precedence, highest first: marker or factory argument > command-line option > en
 variable > ini value (``[tool.pytest.ini_options]``, ``pytest.ini``, ``tox.ini``) > default.
 Keeping a single resolver means the plugin, the ``dbbranch`` command line and a user's
 script all agree on what a given environment means.
+
+Each setting is declared once, as a field of ``Settings`` with its help and parser; the
+option, environment and ini names, the choices and the list of settings a marker may
+change are derived from that declaration, so they cannot drift apart.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from .conninfo import redact_text
 from .errors import ConfigError
 
 KeepPolicy = Literal["never", "failed", "always"]
 Strategy = Literal["auto", "file_copy", "wal_log", "clone"]
-
 Isolation = Literal["branch", "clone", "rollback"]
 BackendName = Literal["auto", "postgres", "lakebase"]
+DiffFormat = Literal["markdown", "json"]
 
-KEEP_CHOICES = ("never", "failed", "always")
-STRATEGY_CHOICES = ("auto", "file_copy", "wal_log", "clone")
-ISOLATION_CHOICES = ("branch", "clone", "rollback")
-BACKEND_CHOICES = ("auto", "postgres", "lakebase")
+Parser = Callable[[str, str], Any]
 
 
-@dataclass(frozen=True)
-class Spec:
-    """Where one setting can be given, and how its text becomes a value."""
-
-    name: str
-    env: str
-    ini: str
-    help: str
-    default: Any = None
-    parse: Callable[[str, str], Any] = lambda v, _where: v or None
-    choices: tuple[str, ...] | None = None
-    flag: bool = False
-
-    @property
-    def option(self) -> str:
-        return "--dbbranch-" + self.name.replace("_", "-")
-
-    @property
-    def dest(self) -> str:
-        return "dbbranch_" + self.name
+def _text(value: str, where: str) -> str | None:
+    return value.strip() or None
 
 
 def _parse_bool(value: str, where: str) -> bool:
@@ -58,16 +43,6 @@ def _parse_bool(value: str, where: str) -> bool:
     if text in ("", "0", "false", "no", "off"):
         return False
     raise ConfigError(f"{where}: expected true or false, got {value!r}")
-
-
-def _choice(choices: tuple[str, ...]) -> Callable[[str, str], str]:
-    def parse(value: str, where: str) -> str:
-        text = value.strip().lower()
-        if text not in choices:
-            raise ConfigError(f"{where}: expected one of {', '.join(choices)}, got {value!r}")
-        return text
-
-    return parse
 
 
 def parse_duration(value: str, where: str) -> int:
@@ -102,6 +77,10 @@ def _port(value: str, where: str) -> int:
     return number
 
 
+def _pool_size(value: str, where: str) -> int | None:
+    return None if value.strip().lower() == "auto" else _count(value, where, minimum=0)
+
+
 def _revision(value: str, where: str) -> str:
     text = value.strip()
     if not text:
@@ -109,256 +88,154 @@ def _revision(value: str, where: str) -> str:
     return text
 
 
-SPECS: tuple[Spec, ...] = (
-    Spec(
-        "url",
-        "DBBRANCH_URL",
-        "dbbranch_url",
-        "PostgreSQL server to branch on (postgresql://user:password@host:port/dbname). "
-        "Unset: the plugin starts its own embedded server.",
-    ),
-    Spec(
-        "source",
-        "DBBRANCH_SOURCE",
-        "dbbranch_source",
-        "The production snapshot branches start from: a database name on the server, a "
-        "dump file (plain SQL or pg_dump -Fc), or 'empty'. Default: empty.",
-    ),
-    Spec(
-        "alembic_ini",
-        "DBBRANCH_ALEMBIC_INI",
-        "dbbranch_alembic_ini",
-        "Path of alembic.ini. Default: alembic.ini in the rootdir if it exists, else no "
-        "migrations; 'none' turns migrations off.",
-    ),
-    Spec(
-        "revision",
-        "DBBRANCH_REVISION",
-        "dbbranch_revision",
-        "Alembic revision the template is migrated to (default: head).",
-        default="head",
-        parse=_revision,
-    ),
-    Spec(
-        "keep",
-        "DBBRANCH_KEEP",
-        "dbbranch_keep",
-        "Keep branches after teardown: never, failed (of failed tests) or always.",
-        default="never",
-        parse=_choice(KEEP_CHOICES),
-        choices=KEEP_CHOICES,
-    ),
-    Spec(
-        "rebuild",
-        "DBBRANCH_REBUILD",
-        "dbbranch_rebuild",
-        "Rebuild the migrated template even if a valid one exists.",
-        default=False,
-        parse=_parse_bool,
-        flag=True,
-    ),
-    Spec(
-        "strategy",
-        "DBBRANCH_STRATEGY",
-        "dbbranch_strategy",
-        "CREATE DATABASE strategy: auto (FILE_COPY with reflink clones where the embedded "
-        "server's data folder supports them, FILE_COPY on a non-durable server, WAL_LOG on a "
-        "durable one), file_copy, wal_log, or clone (FILE_COPY with file_copy_method=clone, "
-        "PostgreSQL 18+).",
-        default="auto",
-        parse=_choice(STRATEGY_CHOICES),
-        choices=STRATEGY_CHOICES,
-    ),
-    Spec(
-        "isolation",
-        "DBBRANCH_ISOLATION",
-        "dbbranch_isolation",
-        "How a function-scope test is isolated: branch (its own branch of the template), clone "
-        "(CREATE DATABASE inside a per-worker branch; fast on Lakebase) or rollback (a transaction "
-        "rolled back at teardown).",
-        default="branch",
-        parse=_choice(ISOLATION_CHOICES),
-        choices=ISOLATION_CHOICES,
-    ),
-    Spec(
-        "module_isolation",
-        "DBBRANCH_MODULE_ISOLATION",
-        "dbbranch_module_isolation",
-        "The same choice for module-scope branches.",
-        default="branch",
-        parse=_choice(ISOLATION_CHOICES),
-        choices=ISOLATION_CHOICES,
-    ),
-    Spec(
-        "pool_size",
-        "DBBRANCH_POOL_SIZE",
-        "dbbranch_pool_size",
-        "Function-scope branches each worker forks ahead in the background on PostgreSQL: a "
-        "number (0 = off) or auto (2 while xdist workers < CPU cores, else off: measured on 2 "
-        "cores, the pool only helps when a core is free for it).",
-        default=None,
-        parse=lambda value, where: (
-            None if value.strip().lower() == "auto" else _count(value, where, minimum=0)
-        ),
-    ),
-    Spec(
-        "check_migrations",
-        "DBBRANCH_CHECK_MIGRATIONS",
-        "dbbranch_check_migrations",
-        "Add the migration checks (single head, applies, idempotent, reversible, models match) "
-        "as test items.",
-        default=False,
-        parse=_parse_bool,
-        flag=True,
-    ),
-    Spec(
-        "models",
-        "DBBRANCH_MODELS",
-        "dbbranch_models",
-        "SQLAlchemy MetaData (or declarative base) the migrated schema must match, as "
-        "'package.module:metadata'; enables the models-match check.",
-    ),
-    Spec(
-        "schema_diff",
-        "DBBRANCH_SCHEMA_DIFF",
-        "dbbranch_schema_diff",
-        "Write the schema difference between the source and the migrated template to this file.",
-    ),
-    Spec(
-        "diff_format",
-        "DBBRANCH_DIFF_FORMAT",
-        "dbbranch_diff_format",
-        "Format of the schema diff: markdown or json.",
-        default="markdown",
-        parse=_choice(("markdown", "json")),
-        choices=("markdown", "json"),
-    ),
-    Spec(
-        "backend",
-        "DBBRANCH_BACKEND",
-        "dbbranch_backend",
-        "Where branches live: postgres, lakebase, or auto (lakebase when a Lakebase project is set).",
-        default="auto",
-        parse=_choice(BACKEND_CHOICES),
-        choices=BACKEND_CHOICES,
-    ),
-    Spec(
-        "lakebase_project",
-        "DBBRANCH_LAKEBASE_PROJECT",
-        "dbbranch_lakebase_project",
-        "Lakebase project id (projects/<id>); authentication is databricks-sdk's own "
-        "(DATABRICKS_* variables, ~/.databrickscfg).",
-    ),
-    Spec(
-        "lakebase_profile",
-        "DBBRANCH_LAKEBASE_PROFILE",
-        "dbbranch_lakebase_profile",
-        "Profile of ~/.databrickscfg to authenticate with.",
-    ),
-    Spec(
-        "lakebase_source_time",
-        "DBBRANCH_LAKEBASE_SOURCE_TIME",
-        "dbbranch_lakebase_source_time",
-        "Branch the source at this point in time (RFC 3339), instead of its current state.",
-    ),
-    Spec(
-        "lakebase_ttl",
-        "DBBRANCH_LAKEBASE_TTL",
-        "dbbranch_lakebase_ttl",
-        "TTL of test branches, so a crashed run's branches expire on their own (default 1h).",
-        default=3600,
-        parse=parse_duration,
-    ),
-    Spec(
-        "lakebase_template_ttl",
-        "DBBRANCH_LAKEBASE_TEMPLATE_TTL",
-        "dbbranch_lakebase_template_ttl",
-        "TTL of migrated template branches, reused across runs until then (default 7d).",
-        default=7 * 86400,
-        parse=parse_duration,
-    ),
-    Spec(
-        "lakebase_budget",
-        "DBBRANCH_LAKEBASE_BUDGET",
-        "dbbranch_lakebase_budget",
-        "Most Lakebase branches this machine's workers hold at once (default 6; projects allow "
-        "about 10 unarchived branches).",
-        default=6,
-        parse=_count,
-    ),
-    Spec(
-        "lakebase_port",
-        "DBBRANCH_LAKEBASE_PORT",
-        "dbbranch_lakebase_port",
-        "PostgreSQL port of Lakebase endpoints (5432; the emulator prints its own).",
-        default=5432,
-        parse=_port,
-    ),
-    Spec(
-        "lakebase_sslmode",
-        "DBBRANCH_LAKEBASE_SSLMODE",
-        "dbbranch_lakebase_sslmode",
-        "sslmode for Lakebase connections (default require).",
-        default="require",
-    ),
-    Spec(
-        "lakebase_database",
-        "DBBRANCH_LAKEBASE_DATABASE",
-        "dbbranch_lakebase_database",
-        "Database to connect to on each Lakebase branch (default databricks_postgres).",
-        default="databricks_postgres",
-    ),
-    Spec(
-        "embedded_dir",
-        "DBBRANCH_EMBEDDED_DIR",
-        "dbbranch_embedded_dir",
-        "Folder for the embedded server's data (default: a folder under /dev/shm when it "
-        "exists, else the temp folder).",
-    ),
-)
-
-SPECS_BY_NAME = {spec.name: spec for spec in SPECS}
-
-#: Settings a marker or a factory may change for one fixture.
-OVERRIDABLE = ("url", "source", "alembic_ini", "revision", "keep", "isolation")
+def setting(
+    default: Any,
+    help: str,
+    parse: Parser = _text,
+    *,
+    flag: bool = False,
+    overridable: bool = False,
+    secret: bool = False,
+) -> Any:
+    """Declare a setting: its default, the help text of its option, and how text becomes a
+    value. ``overridable``: a marker or ``branch_fixture`` may change it for one fixture.
+    ``secret``: the value may hold a password, so it never appears in a repr."""
+    meta = {"help": help, "parse": parse, "flag": flag, "overridable": overridable}
+    return field(default=default, repr=not secret, metadata=meta)
 
 
 @dataclass(frozen=True)
 class Settings:
     """Resolved configuration. ``root`` anchors relative paths (the pytest rootdir or the
-    folder of the ini file), so a setting means the same from any working directory."""
+    folder of the ini file), so a setting means the same from any working directory.
 
-    url: str | None = None
-    source: str | None = None
-    alembic_ini: str | None = None
-    revision: str = "head"
-    keep: KeepPolicy = "never"
-    rebuild: bool = False
-    strategy: Strategy = "auto"
-    pool_size: int | None = None
-    check_migrations: bool = False
-    models: str | None = None
-    schema_diff: str | None = None
-    diff_format: str = "markdown"
-    isolation: Isolation = "branch"
-    module_isolation: Isolation = "branch"
-    backend: BackendName = "auto"
-    lakebase_project: str | None = None
-    lakebase_profile: str | None = None
-    lakebase_source_time: str | None = None
-    lakebase_ttl: int = 3600
-    lakebase_template_ttl: int = 7 * 86400
-    lakebase_budget: int = 6
-    lakebase_port: int = 5432
-    lakebase_sslmode: str = "require"
-    lakebase_database: str = "databricks_postgres"
-    embedded_dir: str | None = None
+    Built directly (a user's script), every value is checked as if it came from an option."""
+
+    url: str | None = setting(
+        None,
+        "PostgreSQL server to branch on (postgresql://user:password@host:port/dbname). "
+        "Unset: the plugin starts its own embedded server.",
+        overridable=True,
+        secret=True,
+    )
+    source: str | None = setting(
+        None,
+        "The production snapshot branches start from: a database name on the server, a dump "
+        "file (plain SQL or pg_dump -Fc), or 'empty'. Default: empty.",
+        overridable=True,
+    )
+    alembic_ini: str | None = setting(
+        None,
+        "Path of alembic.ini. Default: alembic.ini in the rootdir if it exists, else no "
+        "migrations; 'none' turns migrations off.",
+        overridable=True,
+    )
+    revision: str = setting(
+        "head", "Alembic revision the template is migrated to (default: head).", _revision, overridable=True
+    )
+    keep: KeepPolicy = setting(
+        "never", "Keep branches after teardown: never, failed (of failed tests) or always.", overridable=True
+    )
+    isolation: Isolation = setting(
+        "branch",
+        "How a function-scope test is isolated: branch (its own branch of the template), clone "
+        "(CREATE DATABASE inside a per-worker branch; fast on Lakebase) or rollback (a "
+        "transaction rolled back at teardown). A marker or branch_fixture(isolation=...) sets "
+        "it for the scope of the fixture it applies to.",
+        overridable=True,
+    )
+    module_isolation: Isolation = setting("branch", "The same choice for module-scope branches.")
+    rebuild: bool = setting(
+        False, "Rebuild the migrated template even if a valid one exists.", _parse_bool, flag=True
+    )
+    strategy: Strategy = setting(
+        "auto",
+        "CREATE DATABASE strategy: auto (FILE_COPY with reflink clones where the embedded "
+        "server's data folder supports them, FILE_COPY on a non-durable server, WAL_LOG on a "
+        "durable one), file_copy, wal_log, or clone (FILE_COPY with file_copy_method=clone, "
+        "PostgreSQL 18+).",
+    )
+    pool_size: int | None = setting(
+        None,
+        "Function-scope branches each worker forks ahead in the background on PostgreSQL: a "
+        "number (0 = off) or auto (2 while xdist workers < CPU cores, else off: measured on 2 "
+        "cores, the pool only helps when a core is free for it).",
+        _pool_size,
+    )
+    check_migrations: bool = setting(
+        False,
+        "Add the migration checks (single head, applies, idempotent, reversible, models match) "
+        "as test items.",
+        _parse_bool,
+        flag=True,
+    )
+    models: str | None = setting(
+        None,
+        "SQLAlchemy MetaData (or declarative base) the migrated schema must match, as "
+        "'package.module:metadata'; enables the models-match check.",
+    )
+    schema_diff: str | None = setting(
+        None, "Write the schema difference between the source and the migrated template to this file."
+    )
+    diff_format: DiffFormat = setting("markdown", "Format of the schema diff: markdown or json.")
+    backend: BackendName = setting(
+        "auto", "Where branches live: postgres, lakebase, or auto (lakebase when a Lakebase project is set)."
+    )
+    lakebase_project: str | None = setting(
+        None,
+        "Lakebase project id (projects/<id>); authentication is databricks-sdk's own "
+        "(DATABRICKS_* variables, ~/.databrickscfg).",
+    )
+    lakebase_profile: str | None = setting(None, "Profile of ~/.databrickscfg to authenticate with.")
+    lakebase_source_time: str | None = setting(
+        None, "Branch the source at this point in time (RFC 3339), instead of its current state."
+    )
+    lakebase_ttl: int = setting(
+        3600,
+        "TTL of test branches, so a crashed run's branches expire on their own (default 1h).",
+        parse_duration,
+    )
+    lakebase_template_ttl: int = setting(
+        7 * 86400,
+        "TTL of migrated template branches, reused across runs until then (default 7d).",
+        parse_duration,
+    )
+    lakebase_budget: int = setting(
+        6,
+        "Most Lakebase branches this machine's workers hold at once (default 6; projects allow "
+        "about 10 unarchived branches).",
+        _count,
+    )
+    lakebase_port: int = setting(
+        5432, "PostgreSQL port of Lakebase endpoints (5432; the emulator prints its own).", _port
+    )
+    lakebase_sslmode: str = setting("require", "sslmode for Lakebase connections (default require).")
+    lakebase_database: str = setting(
+        "databricks_postgres",
+        "Database to connect to on each Lakebase branch (default databricks_postgres).",
+    )
+    embedded_dir: str | None = setting(
+        None,
+        "Folder for the embedded server's data (default: a folder under /dev/shm when it exists, "
+        "else the temp folder).",
+    )
     root: Path = field(default_factory=Path.cwd)
     #: Where each value came from, for error messages ("--dbbranch-source", "DBBRANCH_URL"...).
     origins: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
-    def with_overrides(self, where: str, **values: Any) -> Settings:
-        """Apply marker or factory arguments, the highest level of the precedence."""
+    def __post_init__(self) -> None:
+        for spec in SPECS:
+            value = getattr(self, spec.name)
+            if value is None or value == spec.default:
+                continue
+            parsed = spec.parse(_as_text(value), self.origins.get(spec.name, f"Settings({spec.name}=...)"))
+            if parsed is None and spec.default is not None:
+                raise ConfigError(f"{self.origin(spec.name)}: a value is required")
+            object.__setattr__(self, spec.name, parsed)
+
+    def with_overrides(self, where: str, *, scope: str = "function", **values: Any) -> Settings:
+        """Apply marker or factory arguments, the highest level of the precedence. ``isolation``
+        means the isolation of the fixture's own scope."""
         unknown = set(values) - set(OVERRIDABLE)
         if unknown:
             raise ConfigError(
@@ -370,10 +247,17 @@ class Settings:
         for name, value in values.items():
             if value is None:
                 continue
-            spec = SPECS_BY_NAME[name]
+            target = name
+            if name == "isolation" and scope != "function":
+                if scope != "module" and str(value) != "branch":
+                    raise ConfigError(
+                        f"{where}: isolation={value!r} applies to function and module scope only; "
+                        f"a {scope}-scope branch is always a branch of its own"
+                    )
+                target = "module_isolation" if scope == "module" else "isolation"
             # Markers pass arbitrary objects (Path, int...): everything goes through the parser.
-            changes[name] = spec.parse(str(value), where)
-            origins[name] = where
+            changes[target] = SPECS_BY_NAME[target].parse(_as_text(value), where)
+            origins[target] = where
         if not changes:
             return self
         return dataclasses.replace(self, origins=origins, **changes)
@@ -384,7 +268,7 @@ class Settings:
         return self.origins.get(name, f"{spec.option} / {spec.env} / ini {spec.ini}")
 
     @property
-    def backend_name(self) -> str:
+    def effective_backend(self) -> str:
         if self.backend == "auto":
             return "lakebase" if self.lakebase_project else "postgres"
         return self.backend
@@ -415,6 +299,91 @@ class Settings:
             return self.resolve_path(self.alembic_ini)
         default = self.root / "alembic.ini"
         return default if default.is_file() else None
+
+    def __repr__(self) -> str:
+        """Shown by ``pytest -l`` and in junit XML: never with a password."""
+        shown = ", ".join(
+            f"{spec.name}={redact_text(str(getattr(self, spec.name)), None)!r}"
+            for spec in SPECS
+            if getattr(self, spec.name) != spec.default
+        )
+        return f"Settings({shown})"
+
+
+@dataclass(frozen=True)
+class Spec:
+    """Where one setting can be given, and how its text becomes a value (derived from the
+    ``Settings`` field that declares it)."""
+
+    name: str
+    help: str
+    default: Any
+    parse: Parser
+    choices: tuple[str, ...] | None = None
+    flag: bool = False
+    overridable: bool = False
+
+    @property
+    def option(self) -> str:
+        return "--dbbranch-" + self.name.replace("_", "-")
+
+    @property
+    def dest(self) -> str:
+        return "dbbranch_" + self.name
+
+    @property
+    def env(self) -> str:
+        return "DBBRANCH_" + self.name.upper()
+
+    @property
+    def ini(self) -> str:
+        return "dbbranch_" + self.name
+
+
+def _choice(choices: tuple[str, ...]) -> Parser:
+    def parse(value: str, where: str) -> str:
+        text = value.strip().lower()
+        if text not in choices:
+            raise ConfigError(f"{where}: expected one of {', '.join(choices)}, got {value!r}")
+        return text
+
+    return parse
+
+
+def _as_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _specs() -> tuple[Spec, ...]:
+    hints = typing.get_type_hints(Settings)
+    specs = []
+    for item in dataclasses.fields(Settings):
+        if "help" not in item.metadata:
+            continue
+        hint = hints[item.name]
+        choices = tuple(map(str, typing.get_args(hint))) if typing.get_origin(hint) is Literal else None
+        parse = _choice(choices) if choices else item.metadata["parse"]
+        specs.append(
+            Spec(
+                name=item.name,
+                help=item.metadata["help"],
+                default=item.default,
+                parse=parse,
+                choices=choices,
+                flag=item.metadata["flag"],
+                overridable=item.metadata["overridable"],
+            )
+        )
+    return tuple(specs)
+
+
+SPECS: tuple[Spec, ...] = _specs()
+SPECS_BY_NAME = {spec.name: spec for spec in SPECS}
+
+#: Settings a marker or a factory may change for one fixture.
+OVERRIDABLE: tuple[str, ...] = tuple(spec.name for spec in SPECS if spec.overridable)
 
 
 def resolve(

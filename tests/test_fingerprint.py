@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from pytest_dbbranch.backends.base import TOOL, Tag
-from pytest_dbbranch.branching.fingerprint import fingerprint, project_key
+from pytest_dbbranch.branching.fingerprint import fingerprint, template_group
 from pytest_dbbranch.names import NAME_RE, template_name
 
 FILES = {
@@ -65,7 +65,7 @@ def test_fingerprint_is_a_hex_digest_usable_in_template_names(project: Path) -> 
     fp = fingerprint(**inputs(project))
     assert len(fp) == 64
     assert all(c in "0123456789abcdef" for c in fp)
-    assert NAME_RE.fullmatch(template_name(project_key("a", "b"), fp))
+    assert NAME_RE.fullmatch(template_name(template_group("a", "b"), fp))
 
 
 def test_equal_inputs_give_equal_fingerprints(project: Path) -> None:
@@ -112,12 +112,12 @@ def test_fingerprint_is_stable_across_processes(project: Path) -> None:
     script = (
         "import json, sys\n"
         "from pathlib import Path\n"
-        "from pytest_dbbranch.branching.fingerprint import fingerprint, project_key\n"
+        "from pytest_dbbranch.branching.fingerprint import fingerprint, template_group\n"
         "from pytest_dbbranch.names import template_name\n"
         "files = [(r, Path(p)) for r, p in json.loads(sys.argv[1])]\n"
         "fp = fingerprint(source_identity='dump:sha256:abc', revisions=['0002'], server_version=16,\n"
         "                 alembic_files=files, alembic_ini=Path(sys.argv[2]))\n"
-        "key = project_key('ini', 'src', 'head')\n"
+        "key = template_group('ini', 'src', 'head')\n"
         "print(json.dumps([fp, key, template_name(key, fp)]))\n"
     )
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
@@ -131,7 +131,7 @@ def test_fingerprint_is_stable_across_processes(project: Path) -> None:
     )
     fp, key, name = json.loads(result.stdout)
     here_fp = fingerprint(**inputs(project))
-    here_key = project_key("ini", "src", "head")
+    here_key = template_group("ini", "src", "head")
     assert [fp, key, name] == [here_fp, here_key, template_name(here_key, here_fp)]
 
 
@@ -273,22 +273,22 @@ def test_many_single_changes_give_many_distinct_fingerprints(project: Path) -> N
     assert len(seen) == 1 + 20 + 20 + 20
 
 
-# ---------------------------------------------------------------------------- project_key
+# ---------------------------------------------------------------------------- template_group
 
 
-def test_project_key_is_deterministic_short_hex() -> None:
-    key = project_key("/srv/app/alembic.ini", "db:prod", "head")
-    assert key == project_key("/srv/app/alembic.ini", "db:prod", "head")
+def test_template_group_is_deterministic_short_hex() -> None:
+    key = template_group("/srv/app/alembic.ini", "db:prod", "head")
+    assert key == template_group("/srv/app/alembic.ini", "db:prod", "head")
     assert len(key) == 10
     assert all(c in "0123456789abcdef" for c in key)
 
 
 @pytest.mark.parametrize("index", range(3))
-def test_project_key_differs_by_each_part(index: int) -> None:
+def test_template_group_differs_by_each_part(index: int) -> None:
     parts = ["/srv/app/alembic.ini", "db:prod", "head"]
     changed = parts[:]
     changed[index] += "x"
-    assert project_key(*parts) != project_key(*changed)
+    assert template_group(*parts) != template_group(*changed)
 
 
 @pytest.mark.parametrize(
@@ -301,12 +301,12 @@ def test_project_key_differs_by_each_part(index: int) -> None:
         (("a b",), ("a", "b")),
     ],
 )
-def test_project_key_keeps_parts_apart(a: tuple[str, ...], b: tuple[str, ...]) -> None:
-    assert project_key(*a) != project_key(*b)
+def test_template_group_keeps_parts_apart(a: tuple[str, ...], b: tuple[str, ...]) -> None:
+    assert template_group(*a) != template_group(*b)
 
 
-def test_project_keys_do_not_collide() -> None:
-    keys = {project_key(f"/srv/app{i}/alembic.ini", "db:prod", "head") for i in range(1000)}
+def test_template_groups_do_not_collide() -> None:
+    keys = {template_group(f"/srv/app{i}/alembic.ini", "db:prod", "head") for i in range(1000)}
     assert len(keys) == 1000
 
 
@@ -319,7 +319,7 @@ def make_tag(**changes: Any) -> Tag:
         "run": "abc12345",
         "parent": "dbbs-0123456789abcdef0123",
         "fingerprint": "f" * 64,
-        "project": "0123456789",
+        "group": "0123456789",
         "ready": False,
         "kept": False,
         "created": 1_700_000_000.123456,
@@ -335,7 +335,7 @@ def make_tag(**changes: Any) -> Tag:
     [
         make_tag(),
         make_tag(kind="branch", ready=True, kept=True),
-        make_tag(kind="source", fingerprint="", project=""),
+        make_tag(kind="source", fingerprint="", group=""),
         make_tag(run="r\"u'n\\", parent="ünïcødé 🎉", host="h\nost", created=0.1 + 0.2),
         Tag(kind="branch", run="abc", parent="dbbt-x"),
     ],

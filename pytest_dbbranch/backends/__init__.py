@@ -1,1 +1,72 @@
-"""."""
+"""Where branches live. ``open_backend`` is the one place that knows every backend; the rest
+of the package talks to the ``Backend`` protocol and reads its capability flags."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..conninfo import ServerAddress
+from ..names import short_hash
+from ..settings import Settings
+from .base import Backend, BranchRecord, Tag, connect
+
+if TYPE_CHECKING:
+    from ..server.embedded import EmbeddedServer
+
+__all__ = ["Backend", "BranchRecord", "Tag", "backend_key", "connect", "open_backend"]
+
+
+def backend_key(settings: Settings) -> tuple[str, str | None]:
+    """Settings that lead to the same backend share one instance (and one admin connection)."""
+    kind = settings.effective_backend
+    return kind, settings.lakebase_project if kind == "lakebase" else settings.url
+
+
+def open_backend(
+    settings: Settings,
+    *,
+    lock_root: Path,
+    embedded: Callable[[], tuple[ServerAddress, EmbeddedServer]],
+) -> Backend:
+    """A backend for these settings. ``embedded`` leases the plugin's own server, called only
+    when PostgreSQL is wanted and no URL is given; ``lock_root`` holds lock files shared by
+    the processes of this machine."""
+    kind = settings.effective_backend
+    if kind == "lakebase":
+        from .lakebase import LakebaseBackend, LakebaseConfig
+
+        config = LakebaseConfig(
+            project=settings.lakebase_project or "",
+            profile=settings.lakebase_profile,
+            ttl=settings.lakebase_ttl,
+            template_ttl=settings.lakebase_template_ttl,
+            source_time=settings.lakebase_source_time,
+            budget=settings.lakebase_budget,
+            port=settings.lakebase_port,
+            sslmode=settings.lakebase_sslmode,
+            database=settings.lakebase_database,
+        )
+        return LakebaseBackend(config, lock_root=lock_root)
+
+    from .postgres import PostgresBackend
+
+    if settings.url:
+        address = ServerAddress.parse(settings.url, settings.origin("url"))
+        key = f"postgres:{address.host}:{address.port}"
+        folder = lock_root / short_hash(key, 10)
+        return PostgresBackend(address, lock_folder=_made(folder), strategy=settings.strategy, server_key=key)
+    address, server = embedded()
+    return PostgresBackend(
+        address,
+        lock_folder=_made(server.home / "locks"),
+        strategy=settings.strategy,
+        reflink=server.reflink,
+        server_key=f"embedded:{server.home}",
+    )
+
+
+def _made(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder

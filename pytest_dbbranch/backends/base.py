@@ -1,8 +1,10 @@
 """The small protocol every backend implements, and the tag that marks what we created.
 
 A backend knows how to fork, seal, describe, list and drop branches on one kind of server.
-Everything else (templates, naming, fixtures, keep-on-failure) is written once against this
-protocol, so a new backend (Lakebase, Neon) is one module.
+Everything else (templates, sources, naming, fixtures, keep-on-failure) is written once
+against this protocol. Where backends differ in what they *can* do, they say so with
+capability flags rather than the core asking which backend it has, so a new backend (Neon)
+is one module plus one line in ``open_backend``.
 """
 
 from __future__ import annotations
@@ -11,15 +13,15 @@ import json
 import os
 import socket
 import time
-from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from ..conninfo import ServerAddress
 
 if TYPE_CHECKING:
-    from ..branching.sources import Source
+    import psycopg
 
 TOOL = "pytest-dbbranch"
 
@@ -35,10 +37,12 @@ class Tag:
     run: str
     parent: str
     fingerprint: str = ""
-    project: str = ""
+    #: Templates that replace each other (same migrations config, source and target).
+    group: str = ""
     ready: bool = False
     kept: bool = False
     created: float = field(default_factory=time.time)
+    #: The machine (hostname) and process that created it.
     host: str = field(default_factory=socket.gethostname)
     pid: int = field(default_factory=os.getpid)
     tool: str = TOOL
@@ -73,7 +77,6 @@ class BranchRecord:
 
     name: str
     tag: Tag
-    is_template: bool = False
     allows_connections: bool = True
     size_bytes: int | None = None
     #: When the service will delete it by itself (Lakebase TTL); None where nothing expires.
@@ -81,7 +84,7 @@ class BranchRecord:
 
     @property
     def ready(self) -> bool:
-        """Completion marker: a template is usable only once sealed."""
+        """Completion marker: a template or restored source is usable only once sealed."""
         if self.tag.kind == "branch":
             return True
         return self.tag.ready and not self.allows_connections
@@ -90,18 +93,43 @@ class BranchRecord:
 class Backend(Protocol):
     """Where branches live. Names passed in are already valid for every backend."""
 
+    #: "postgres" or "lakebase": for messages and for the server key, never for decisions.
+    kind: str
     #: Major server version, part of the template fingerprint.
     server_version: int
-    #: Identifies the server (or project) for lock files shared by workers on one machine.
+    #: Identifies the server (or project) for locks shared by processes on one machine.
     server_key: str
-    #: "postgres" or "lakebase".
-    kind: str
+    #: Folder of the lock files that serialise builders on this machine.
+    lock_folder: Path
+
+    # -- capabilities -----------------------------------------------------------------------
+
     #: True when ``lock`` excludes every process on every machine; otherwise concurrent
     #: builders are told apart by the create call's conflict (``fork`` raises).
     has_global_lock: bool
+    #: Branches are cheap enough to fork ahead of the tests and hand out by ``rename``.
+    warm_pool: bool
+    #: A branch is a server of its own (Lakebase): the ``clone`` isolation copies databases
+    #: inside one branch per worker instead of making a branch per test.
+    branches_are_servers: bool
+    #: Dump files can be restored into a branch of an empty parent.
+    restores_dumps: bool
+    #: Listing our branches is cheap, so the reaper may look at every run's at session start.
+    cheap_listing: bool
 
-    def source_parent(self, source: Source, run_id: str) -> str:
-        """The branch (or database) templates are forked from, preparing it if needed."""
+    @property
+    def empty_parent(self) -> str:
+        """The parent of a branch that starts empty (``template0``, the project's default
+        branch)."""
+
+    @property
+    def source_point(self) -> str:
+        """Appended to a source's identity in the fingerprint: what else decides its content
+        (on Lakebase, the point in time the source branch is read at)."""
+
+    def find_source(self, location: str, where: str) -> str:
+        """The branch to fork for a named source, which must exist; ``where`` names the
+        setting in the error otherwise. The source is protected from ``drop`` from now on."""
 
     def fork(self, name: str, parent: str, tag: Tag) -> None:
         """Create branch ``name`` as a copy of ``parent`` and tag it."""
@@ -121,12 +149,27 @@ class Backend(Protocol):
     def drop(self, name: str) -> None:
         """Drop ``name`` after checking our tag; a branch already gone is fine."""
 
+    def rename(self, old: str, new: str) -> None:
+        """Give a branch a new name (only where ``warm_pool`` is true)."""
+
     def retag(self, name: str, tag: Tag) -> None:
         """Replace the tag (for example to mark a branch kept)."""
 
     def address(self, name: str) -> ServerAddress:
         """How a client reaches branch ``name`` now (credentials may rotate, so ask again
         for every new connection)."""
+
+    def refresh_credentials(self, name: str) -> bool:
+        """Forget the credential of ``name`` after a refused login; False where credentials
+        never rotate (then a refused login is final)."""
+
+    def nested(self, name: str) -> tuple[Backend, str]:
+        """For ``branches_are_servers``: a backend whose branches are databases inside
+        branch ``name``, and the database there to copy."""
+
+    def sibling(self) -> Backend:
+        """Another backend on the same server with its own connection, for a background
+        thread."""
 
     def lock(self, key: str) -> AbstractContextManager[None]:
         """A lock shared by every process using this server, held while building."""
@@ -135,9 +178,19 @@ class Backend(Protocol):
         """Release connections held by the backend."""
 
 
-def iter_stale_templates(records: list[BranchRecord], project: str, keep_name: str) -> Iterator[BranchRecord]:
-    """Templates of the same project built from another fingerprint."""
-    for record in records:
-        same_project = record.tag.kind == "template" and record.tag.project == project
-        if same_project and record.name != keep_name:
-            yield record
+def connect(backend: Backend, name: str, **kwargs: Any) -> psycopg.Connection[Any]:
+    """Open a connection to branch ``name``: the one place that retries a refused login with
+    a fresh credential (a rotated or revoked token shows up only at login), once."""
+    import psycopg
+
+    try:
+        return psycopg.connect(backend.address(name).conninfo(), **kwargs)
+    except psycopg.OperationalError as exc:
+        if not _login_refused(exc) or not backend.refresh_credentials(name):
+            raise
+    return psycopg.connect(backend.address(name).conninfo(), **kwargs)
+
+
+def _login_refused(exc: Exception) -> bool:
+    """libpq gives no SQLSTATE for a failed connection, only the server's text."""
+    return "password authentication failed" in str(exc)

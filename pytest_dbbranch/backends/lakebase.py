@@ -15,21 +15,27 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
 
 from .. import names
 from ..conninfo import ServerAddress
-from ..errors import BranchExistsError, ConfigError, DbBranchError, NotOursError, ServerError, SourceError
-from ..settings import Settings
-from .base import BranchRecord, Tag
+from ..errors import (
+    BranchExistsError,
+    ConfigError,
+    DbBranchError,
+    LakebaseOperationError,
+    NotOursError,
+    ServerError,
+    SourceError,
+)
+from .base import Backend, BranchRecord, Tag, connect
 from .budget import BranchBudget
-
-if TYPE_CHECKING:
-    from ..branching.sources import Source
+from .postgres import PostgresBackend
 
 T = TypeVar("T")
 
@@ -38,13 +44,24 @@ OPERATION_TIMEOUT = 600.0
 RETRY_BUDGET = 300.0
 
 
-class LakebaseOperationError(DbBranchError):
-    def __init__(self, code: str, message: str, what: str) -> None:
-        super().__init__(f"Lakebase {what} failed: [{code}] {message}")
-        self.code = code
+@dataclass(frozen=True)
+class LakebaseConfig:
+    """What the backend needs to know, apart from the plugin's settings format."""
+
+    project: str
+    profile: str | None = None
+    #: Seconds: test branches expire on their own after this; templates after the second.
+    ttl: int = 3600
+    template_ttl: int = 7 * 86400
+    #: RFC 3339 time to branch the source at, instead of its current state.
+    source_time: str | None = None
+    budget: int = 6
+    port: int = 5432
+    sslmode: str = "require"
+    database: str = "databricks_postgres"
 
 
-def make_client(settings: Settings) -> Any:
+def make_client(profile: str | None) -> Any:
     """databricks-sdk's unified auth (environment, ~/.databrickscfg, profile), with our
     product name in the user agent."""
     try:
@@ -58,7 +75,7 @@ def make_client(settings: Settings) -> Any:
 
     try:
         config = Config(
-            profile=settings.lakebase_profile,
+            profile=profile,
             product=PRODUCT,
             product_version=__version__,
             retry_timeout_seconds=60,
@@ -69,28 +86,31 @@ def make_client(settings: Settings) -> Any:
     return WorkspaceClient(config=config)
 
 
+class _NotFound(Exception):
+    """The API said 404 for the object of one call (never raised to users)."""
+
+
 class LakebaseBackend:
     """Branches of one Lakebase project, as the plugin's ``Backend``."""
 
     kind = "lakebase"
     has_global_lock = False
+    warm_pool = False
+    branches_are_servers = True
+    restores_dumps = False
+    #: Listing means a login to every branch to read its tag.
+    cheap_listing = False
 
-    def __init__(self, settings: Settings, *, lock_root: Path, client: Any = None) -> None:
-        if not settings.lakebase_project:
-            raise ConfigError(
-                "the Lakebase backend needs a project: set dbbranch_lakebase_project "
-                "(--dbbranch-lakebase-project / DBBRANCH_LAKEBASE_PROJECT)"
-            )
+    def __init__(self, config: LakebaseConfig, *, lock_root: Path, client: Any = None) -> None:
         from databricks.sdk import errors
 
         self._errors = errors
-        self._settings = settings
-        project_id = settings.lakebase_project.removeprefix("projects/")
-        self.project = f"projects/{project_id}"
-        self.w = client if client is not None else make_client(settings)
+        self._config = config
+        self.project = f"projects/{config.project.removeprefix('projects/')}"
+        self.client = client if client is not None else make_client(config.profile)
         try:
-            project = self._api("read the project", lambda: self.w.postgres.get_project(self.project))
-        except LookupError:
+            project = self._api("read the project", lambda: self.client.postgres.get_project(self.project))
+        except _NotFound:
             raise ConfigError(
                 f"Lakebase project {self.project} not found (dbbranch_lakebase_project); "
                 "check the project id and the workspace"
@@ -100,37 +120,49 @@ class LakebaseBackend:
             f"{self.project}/branches/production"
         )
         self.server_version: int = int((status.pg_version if status else None) or 0)
-        self.server_key = f"lakebase:{self.w.config.host}:{self.project}"
-        me = self._api("identify the current user", self.w.current_user.me)
+        self.server_key = f"lakebase:{self.client.config.host}:{self.project}"
+        self.lock_folder = lock_root / names.short_hash(self.server_key, 10)
+        self.lock_folder.mkdir(parents=True, exist_ok=True)
+        me = self._api("identify the current user", self.client.current_user.me)
         self.user: str = me.user_name or ""
         self._mutex = threading.RLock()
         self._tags: dict[str, Tag] = {}
-        self._hosts: dict[str, tuple[str, str]] = {}
+        self._endpoints: dict[str, tuple[str, str]] = {}
         self._credentials: dict[str, tuple[str, float, float]] = {}
-        key = names.short_hash(self.server_key, 10)
-        self.budget = BranchBudget(lock_root / f"budget-{key}", settings.lakebase_budget)
+        self.budget = BranchBudget(self.lock_folder / "budget", config.budget)
+        #: Never deleted: the source branch (the default branch unless a source is named).
         self.source_branch = self.default_branch
 
     # -- protocol ---------------------------------------------------------------------------
 
-    def source_parent(self, source: Source, run_id: str) -> str:
-        """On Lakebase the source is a branch of the project (default: its default branch)."""
-        if source.kind == "dump":
-            raise SourceError(
-                f"{source.where}: a dump file cannot be the source on Lakebase; restore it into "
-                "a branch of the project and name that branch"
-            )
-        if source.kind == "empty":
-            self.source_branch = self.default_branch
-        else:
-            self.source_branch = self.full(source.location)
-            try:
-                self.w.postgres.get_branch(self.source_branch)
-            except self._errors.NotFound:
-                raise SourceError(
-                    f"{source.where}: source branch {self.source_branch} does not exist"
-                ) from None
-        return self.source_branch
+    @property
+    def empty_parent(self) -> str:
+        """Lakebase has no empty branch to start from: the project's default branch is it."""
+        return self.default_branch
+
+    @property
+    def source_point(self) -> str:
+        return f"@{self._config.source_time or 'now'}"
+
+    def find_source(self, location: str, where: str) -> str:
+        """On Lakebase the source is a branch of the project."""
+        branch = self.full(location)
+        try:
+            self._api("read the source branch", lambda: self.client.postgres.get_branch(branch))
+        except _NotFound:
+            raise SourceError(f"{where}: source branch {branch} does not exist") from None
+        self.source_branch = branch
+        return branch
+
+    def nested(self, name: str) -> tuple[Backend, str]:
+        inner = PostgresBackend(self.address(name), lock_folder=self.lock_folder / name)
+        return inner, inner.current_database()
+
+    def sibling(self) -> Backend:
+        raise NotImplementedError("no warm pool on Lakebase: branches are budgeted and cost money")
+
+    def rename(self, old: str, new: str) -> None:
+        raise NotImplementedError("Lakebase branches are never renamed by the plugin")
 
     def fork(self, name: str, parent: str, tag: Tag) -> None:
         from databricks.sdk.service.postgres import BranchSpec
@@ -138,11 +170,11 @@ class LakebaseBackend:
         from google.protobuf.timestamp_pb2 import Timestamp
 
         source = self.full(parent)
-        ttl = self._settings.lakebase_template_ttl if tag.kind == "template" else self._settings.lakebase_ttl
+        ttl = self._config.template_ttl if tag.kind == "template" else self._config.ttl
         spec = BranchSpec(source_branch=source, ttl=Duration(seconds=ttl))
-        if self._settings.lakebase_source_time and source == self.source_branch:
+        if self._config.source_time and source == self.source_branch:
             stamp = Timestamp()
-            stamp.FromJsonString(self._settings.lakebase_source_time)
+            stamp.FromJsonString(self._config.source_time)
             spec.source_branch_time = stamp
         counted = tag.kind == "branch"
         if counted:
@@ -172,35 +204,22 @@ class LakebaseBackend:
         tag = cached if cached is not None and cached.ready else self._read_tag(name)
         if tag is None:
             return None
-        return BranchRecord(
-            name=name,
-            tag=tag,
-            is_template=tag.kind == "template",
-            allows_connections=not tag.ready,
-            size_bytes=_int(getattr(branch.status, "logical_size_bytes", None)),
-        )
+        return _record(name, tag, branch)
 
     def exists(self, name: str) -> bool:
         return self._get(name) is not None
 
     def list_ours(self) -> list[BranchRecord]:
         records = []
-        for branch in self._api("list branches", lambda: list(self.w.postgres.list_branches(self.project))):
+        for branch in self._api(
+            "list branches", lambda: list(self.client.postgres.list_branches(self.project))
+        ):
             branch_id = (branch.name or "").rsplit("/", 1)[-1]
             if not names.is_ours(branch_id) or self._is_guarded(branch):
                 continue
             tag = self._tags.get(branch_id) or self._read_tag(branch_id)
             if tag is not None:
-                records.append(
-                    BranchRecord(
-                        name=branch_id,
-                        tag=tag,
-                        is_template=tag.kind == "template",
-                        allows_connections=not tag.ready,
-                        size_bytes=_int(getattr(branch.status, "logical_size_bytes", None)),
-                        expires_at=_seconds(getattr(branch.status, "expire_time", None)),
-                    )
-                )
+                records.append(_record(branch_id, tag, branch))
         return records
 
     def drop(self, name: str) -> None:
@@ -229,11 +248,11 @@ class LakebaseBackend:
         host, endpoint = self._endpoint(name)
         return ServerAddress(
             host=host,
-            port=self._settings.lakebase_port,
+            port=self._config.port,
             user=self.user,
             password=self._credential(endpoint),
-            dbname=self._settings.lakebase_database,
-            options=(("sslmode", self._settings.lakebase_sslmode),),
+            dbname=self._config.database,
+            options=(("sslmode", self._config.sslmode),),
         )
 
     def lock(self, key: str) -> contextlib.AbstractContextManager[None]:
@@ -254,8 +273,8 @@ class LakebaseBackend:
 
     def _get(self, name: str) -> Any:
         try:
-            return self._api("read a branch", lambda: self.w.postgres.get_branch(self.full(name)))
-        except LookupError:
+            return self._api("read a branch", lambda: self.client.postgres.get_branch(self.full(name)))
+        except _NotFound:
             return None
 
     def _create(self, name: str, spec: Any) -> None:
@@ -267,7 +286,7 @@ class LakebaseBackend:
             try:
                 operation = self._api(
                     f"create branch {name}",
-                    lambda: self.w.postgres.create_branch(
+                    lambda: self.client.postgres.create_branch(
                         parent=self.project, branch=Branch(spec=spec), branch_id=name
                     ),
                     conflict=True,
@@ -283,9 +302,9 @@ class LakebaseBackend:
     def _delete(self, name: str) -> None:
         try:
             operation = self._api(
-                f"delete branch {name}", lambda: self.w.postgres.delete_branch(self.full(name))
+                f"delete branch {name}", lambda: self.client.postgres.delete_branch(self.full(name))
             )
-        except LookupError:
+        except _NotFound:
             return
         try:
             self._wait(operation.name(), f"delete branch {name}")
@@ -294,13 +313,13 @@ class LakebaseBackend:
                 raise
         with self._mutex:
             self._tags.pop(name, None)
-            self._hosts.pop(name, None)
+            self._endpoints.pop(name, None)
 
     def _wait(self, operation_name: str, what: str, timeout: float = OPERATION_TIMEOUT) -> Any:
         deadline = time.monotonic() + timeout
         delay = 0.02
         while True:
-            operation = self._api(f"poll {what}", lambda: self.w.postgres.get_operation(operation_name))
+            operation = self._api(f"poll {what}", lambda: self.client.postgres.get_operation(operation_name))
             if operation.done:
                 if operation.error is not None:
                     code = operation.error.error_code
@@ -323,7 +342,7 @@ class LakebaseBackend:
             try:
                 return call()
             except errors.NotFound:
-                raise LookupError(what) from None
+                raise _NotFound(what) from None
             except errors.ResourceConflict as exc:
                 if conflict:
                     raise BranchExistsError(f"Lakebase: {what}: {_message(exc)}") from None
@@ -354,7 +373,7 @@ class LakebaseBackend:
     def _endpoint(self, name: str) -> tuple[str, str]:
         """Host and resource name of the branch's read-write endpoint, created if missing."""
         with self._mutex:
-            cached = self._hosts.get(name)
+            cached = self._endpoints.get(name)
         if cached:
             return cached
         from databricks.sdk.service.postgres import Endpoint, EndpointSpec, EndpointType
@@ -362,7 +381,9 @@ class LakebaseBackend:
 
         branch = self.full(name)
         endpoint = None
-        for candidate in self._api("list endpoints", lambda: list(self.w.postgres.list_endpoints(branch))):
+        for candidate in self._api(
+            "list endpoints", lambda: list(self.client.postgres.list_endpoints(branch))
+        ):
             status = candidate.status
             if status and status.endpoint_type == EndpointType.ENDPOINT_TYPE_READ_WRITE:
                 endpoint = candidate
@@ -377,7 +398,7 @@ class LakebaseBackend:
             try:
                 operation = self._api(
                     f"create an endpoint for {name}",
-                    lambda: self.w.postgres.create_endpoint(
+                    lambda: self.client.postgres.create_endpoint(
                         parent=branch, endpoint=Endpoint(spec=spec), endpoint_id="primary"
                     ),
                     conflict=True,
@@ -386,14 +407,14 @@ class LakebaseBackend:
             except BranchExistsError:
                 pass  # created concurrently (another worker, or implicitly by the service)
             endpoint = self._api(
-                "read the endpoint", lambda: self.w.postgres.get_endpoint(f"{branch}/endpoints/primary")
+                "read the endpoint", lambda: self.client.postgres.get_endpoint(f"{branch}/endpoints/primary")
             )
         host = endpoint.status.hosts.host if endpoint.status and endpoint.status.hosts else None
         if not host:
             raise DbBranchError(f"Lakebase endpoint {endpoint.name} has no host yet")
         result = (host, endpoint.name)
         with self._mutex:
-            self._hosts[name] = result
+            self._endpoints[name] = result
         return result
 
     def _credential(self, endpoint: str) -> str:
@@ -408,32 +429,26 @@ class LakebaseBackend:
                 return token
         credential = self._api(
             "get a database credential",
-            lambda: self.w.postgres.generate_database_credential(endpoint=endpoint),
+            lambda: self.client.postgres.generate_database_credential(endpoint=endpoint),
         )
         expires_at = credential.expire_time.ToSeconds() if credential.expire_time else now + 3600
         with self._mutex:
             self._credentials[endpoint] = (credential.token, now, float(expires_at))
         return str(credential.token)
 
-    def forget_credentials(self, name: str) -> None:
+    def refresh_credentials(self, name: str) -> bool:
         """Drop the cached token of ``name``'s endpoint (it was refused at login)."""
         with self._mutex:
-            cached = self._hosts.get(name)
+            cached = self._endpoints.get(name)
             if cached is not None:
                 self._credentials.pop(cached[1], None)
+        return True
 
     def _connect(self, name: str) -> psycopg.Connection[Any]:
-        address = self.address(name)
         try:
-            try:
-                return psycopg.connect(address.conninfo(), autocommit=True, connect_timeout=30)
-            except psycopg.OperationalError as exc:
-                if "password authentication failed" not in str(exc):
-                    raise
-                self.forget_credentials(name)
-                address = self.address(name)
-                return psycopg.connect(address.conninfo(), autocommit=True, connect_timeout=30)
+            return connect(self, name, autocommit=True, connect_timeout=30)
         except psycopg.OperationalError as exc:
+            address = self.address(name)
             raise ServerError(
                 f"cannot connect to Lakebase branch {name} at {address.display_url()}: "
                 f"{address.redact(str(exc)).strip()}"
@@ -444,7 +459,7 @@ class LakebaseBackend:
             dbname = conn.execute("SELECT current_database()").fetchone()
             conn.execute(
                 sql.SQL("COMMENT ON DATABASE {} IS {}").format(
-                    sql.Identifier(dbname[0] if dbname else self._settings.lakebase_database),
+                    sql.Identifier(dbname[0] if dbname else self._config.database),
                     sql.Literal(tag.dumps()),
                 )
             )
@@ -458,7 +473,7 @@ class LakebaseBackend:
                     "SELECT shobj_description(oid, 'pg_database') FROM pg_database "
                     "WHERE datname = current_database()"
                 ).fetchone()
-        except (DbBranchError, LookupError):
+        except (DbBranchError, _NotFound):
             return None
         tag = Tag.loads(row[0] if row else None)
         if tag is not None:
@@ -489,3 +504,14 @@ def _int(value: Any) -> int | None:
         return int(value) if value is not None else None
     except (TypeError, ValueError):
         return None
+
+
+def _record(name: str, tag: Tag, branch: Any) -> BranchRecord:
+    """Our record of an SDK branch; a sealed template takes no connections by convention."""
+    return BranchRecord(
+        name=name,
+        tag=tag,
+        allows_connections=not tag.ready,
+        size_bytes=_int(getattr(branch.status, "logical_size_bytes", None)),
+        expires_at=_seconds(getattr(branch.status, "expire_time", None)),
+    )

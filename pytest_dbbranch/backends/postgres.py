@@ -1,9 +1,9 @@
 """PostgreSQL backend: a branch is a database created with ``CREATE DATABASE … TEMPLATE``.
 
-Measured on these machines (see perf-lab): FILE_COPY beats WAL_LOG for small databases when
-the server runs without fsync, WAL_LOG wins on a durable server (FILE_COPY forces two
-checkpoints); a DROP issued while the last backend is still exiting waits a 100 ms retry
-tick, so we poll ``pg_stat_activity`` (≈0.3 ms) before dropping.
+FILE_COPY beats WAL_LOG for small databases when the server runs without fsync, WAL_LOG wins
+on a durable server (FILE_COPY forces two checkpoints); a DROP issued while the last backend
+is still exiting waits a 100 ms retry tick, so we poll ``pg_stat_activity`` (≈0.3 ms) before
+dropping. The figures are in the README's Performance section (``bench/run.py``).
 """
 
 from __future__ import annotations
@@ -14,16 +14,15 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from ..branching.sources import Source, ensure_source
 from ..conninfo import ServerAddress
 from ..errors import BranchExistsError, NotOursError, ServerError, SourceError
-from ..settings import Strategy
-from .base import BranchRecord, Tag
+from .base import Backend, BranchRecord, Tag
 
 _DESCRIBE = """
 SELECT d.datname, shobj_description(d.oid, 'pg_database'), d.datistemplate, d.datallowconn
@@ -68,15 +67,23 @@ def advisory_key(text: str) -> int:
 class PostgresBackend:
     """Branches as databases on one server, driven from one autocommit admin connection."""
 
-    def __init__(self, address: ServerAddress, *, strategy: Strategy = "auto", reflink: bool = False) -> None:
+    def __init__(
+        self,
+        address: ServerAddress,
+        *,
+        lock_folder: Path,
+        strategy: str = "auto",
+        reflink: bool = False,
+        server_key: str | None = None,
+    ) -> None:
         self._address = address
-        self.server_key = f"postgres:{address.host}:{address.port}"
+        self.server_key = server_key or f"postgres:{address.host}:{address.port}"
+        self.lock_folder = lock_folder
         self._mutex = threading.RLock()
         self._conn = connect(address, autocommit=True)
-        info = self._conn.info
-        self.server_version = info.server_version // 10000
-        self.is_superuser = info.parameter_status("is_superuser") == "on"
+        self.server_version = self._conn.info.server_version // 10000
         self.reflink = reflink
+        self._wanted_strategy = strategy
         self.file_copy_method: str | None = None
         self.strategy = self._pick_strategy(strategy)
         self._configure_session()
@@ -85,14 +92,40 @@ class PostgresBackend:
 
     kind = "postgres"
     has_global_lock = True
+    warm_pool = True
+    branches_are_servers = False
+    restores_dumps = True
+    cheap_listing = True
+    empty_parent = "template0"
+    source_point = ""
 
     @property
     def server(self) -> ServerAddress:
         """The maintenance address (password included): for tools that need the server."""
         return self._address
 
-    def source_parent(self, source: Source, run_id: str) -> str:
-        return ensure_source(source, self, run_id)
+    def find_source(self, location: str, where: str) -> str:
+        if not self.exists(location):
+            raise SourceError(
+                f"{where}: source database {location!r} does not exist on the server; create it "
+                "(restore your production snapshot into it) or point dbbranch_source at a dump file"
+            )
+        return location
+
+    def sibling(self) -> PostgresBackend:
+        return PostgresBackend(
+            self._address,
+            lock_folder=self.lock_folder,
+            strategy=self._wanted_strategy,
+            reflink=self.reflink,
+            server_key=self.server_key,
+        )
+
+    def nested(self, name: str) -> tuple[Backend, str]:
+        raise NotImplementedError("on PostgreSQL a branch is already a database")
+
+    def refresh_credentials(self, name: str) -> bool:
+        return False
 
     def address(self, name: str) -> ServerAddress:
         return dataclasses.replace(self._address, dbname=name)
@@ -171,14 +204,12 @@ class PostgresBackend:
                 )
             self._drop_now(name, is_template=bool(row[2]))
 
-    def rename(self, old: str, new: str, tag: Tag | None = None) -> None:
+    def rename(self, old: str, new: str) -> None:
         """Give a pool branch its test's name: a catalog update, nothing is copied."""
         with self._mutex:
             self._exec(
                 sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(old), sql.Identifier(new))
             )
-            if tag is not None:
-                self._comment(new, tag)
 
     def current_database(self) -> str:
         with self._mutex:
@@ -230,7 +261,7 @@ class PostgresBackend:
         self._configure_session()
         return self._conn.execute(query, params)
 
-    def _pick_strategy(self, wanted: Strategy) -> str | None:
+    def _pick_strategy(self, wanted: str) -> str | None:
         if self.server_version < 15:
             return None
         clone = wanted == "clone" or (wanted == "auto" and self.reflink)
@@ -271,10 +302,4 @@ def _record(row: Any, size: int | None = None) -> BranchRecord | None:
     tag = Tag.loads(row[1])
     if tag is None:
         return None
-    return BranchRecord(
-        name=row[0],
-        tag=tag,
-        is_template=bool(row[2]),
-        allows_connections=bool(row[3]),
-        size_bytes=size,
-    )
+    return BranchRecord(name=row[0], tag=tag, allows_connections=bool(row[3]), size_bytes=size)

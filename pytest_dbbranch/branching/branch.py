@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from ..backends.base import Backend
+from ..backends import Backend, connect
 from ..errors import DbBranchError
 from ..settings import Settings
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
-    from .manager import BranchManager
     from .pool import WarmPool
+
+#: Runs the migrations on a branch up to a revision (given by the manager that made it).
+Upgrader = Callable[["Branch", str], None]
 
 
 class Branch:
@@ -30,8 +33,9 @@ class Branch:
         name: str,
         backend: Backend,
         settings: Settings,
-        manager: BranchManager,
         revision: str,
+        *,
+        upgrader: Upgrader,
     ) -> None:
         self.name = name
         self.revision = revision
@@ -39,9 +43,8 @@ class Branch:
         self.failed = False
         #: The warm pool that drops this branch in the background, if any.
         self.pool: WarmPool | None = None
-        self._backend = backend
         self.backend = backend
-        self._manager = manager
+        self._upgrader = upgrader
         self._connection: psycopg.Connection[Any] | None = None
         self._engine: Engine | None = None
         self._extra: list[psycopg.Connection[Any]] = []
@@ -52,20 +55,20 @@ class Branch:
     @property
     def conninfo(self) -> str:
         """libpq keyword string, password included: for connecting, not for printing."""
-        return self._backend.address(self.name).conninfo()
+        return self.backend.address(self.name).conninfo()
 
     @property
     def url(self) -> str:
-        return self._backend.address(self.name).url()
+        return self.backend.address(self.name).url()
 
     @property
     def sqlalchemy_url(self) -> str:
-        return self._backend.address(self.name).sqlalchemy_url()
+        return self.backend.address(self.name).sqlalchemy_url()
 
     @property
     def display_url(self) -> str:
         """The URL with the password replaced by ``***``: safe for logs and reports."""
-        return self._backend.address(self.name).display_url()
+        return self.backend.address(self.name).display_url()
 
     @property
     def connection(self) -> psycopg.Connection[Any]:
@@ -75,15 +78,7 @@ class Branch:
 
     def connect(self, **kwargs: Any) -> psycopg.Connection[Any]:
         """A new connection to this branch; closed for you at teardown if still open."""
-        try:
-            conn = psycopg.connect(self.conninfo, **kwargs)
-        except psycopg.OperationalError as exc:
-            # A rotated or revoked token shows up only at login: get a new one, once.
-            forget = getattr(self._backend, "forget_credentials", None)
-            if forget is None or "password authentication failed" not in str(exc):
-                raise
-            forget(self.name)
-            conn = psycopg.connect(self.conninfo, **kwargs)
+        conn = connect(self.backend, self.name, **kwargs)
         self._extra.append(conn)
         return conn
 
@@ -104,7 +99,7 @@ class Branch:
                 f"branch {self.name}: commit or roll back the open transaction on the "
                 "fixture connection before upgrade(); its locks would block the migration"
             )
-        self._manager.upgrade_branch(self, revision)
+        self._upgrader(self, revision)
         self.revision = revision
 
     def close(self) -> None:

@@ -40,6 +40,6 @@ def fingerprint(
     return digest.hexdigest()
 
 
-def project_key(*parts: str) -> str:
+def template_group(*parts: str) -> str:
     """Groups templates that replace each other (same ini, source location, target)."""
     return short_hash("\0".join(parts), 10)

@@ -9,22 +9,23 @@ pid), so the reaper and ``gc`` clean them up after a crash like any other branch
 
 from __future__ import annotations
 
-import contextlib
 import itertools
+import logging
 import threading
 from collections import deque
 from collections.abc import Callable
 
 from .. import names
-from ..backends.base import Tag
-from ..backends.postgres import PostgresBackend
+from ..backends import Backend, Tag
 from .stats import Stats
+
+log = logging.getLogger("pytest_dbbranch")
 
 
 class WarmPool:
     def __init__(
         self,
-        make_backend: Callable[[], PostgresBackend],
+        make_backend: Callable[[], Backend],
         *,
         template: str,
         fingerprint: str,
@@ -36,7 +37,7 @@ class WarmPool:
         self.template = template
         self.size = size
         self._make_backend = make_backend
-        self._backend: PostgresBackend | None = None
+        self._backend: Backend | None = None
         self._fingerprint = fingerprint
         self._run_id = run_id
         self._worker_id = worker_id
@@ -61,13 +62,15 @@ class WarmPool:
             self._cond.notify_all()
             return name
 
-    def give_back(self, name: str) -> None:
-        """Drop ``name`` in the background (its clients are closed already)."""
+    def give_back(self, name: str) -> bool:
+        """Drop ``name`` in the background (its clients are closed already). False when the
+        pool has stopped: then the caller drops it."""
         with self._cond:
             if self._stopping or self._failed is not None:
-                raise RuntimeError("pool stopped")
+                return False
             self._to_drop.append(name)
             self._cond.notify_all()
+            return True
 
     def close(self) -> None:
         """Stop forking, then drop every branch the pool still holds (it never outlives the run)."""
@@ -81,8 +84,11 @@ class WarmPool:
         backend = self._backend
         if backend is not None:
             for name in leftovers:
-                with contextlib.suppress(Exception):
+                try:
                     backend.drop(name)
+                except Exception as exc:
+                    log.warning("pytest-dbbranch: the warm pool could not drop %s: %s", name, exc)
+                else:
                     self._stats.increment("branches_dropped")
             backend.close()
 

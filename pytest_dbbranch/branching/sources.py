@@ -1,8 +1,13 @@
 """The production snapshot every branch starts from.
 
 Three kinds: an existing database (forked, never written to), a dump file (restored once
-into a database named by the file's hash, then reused by every later run), or nothing
-(``template0``). The source is only ever the *parent* of a fork.
+into a database named by the file's hash, then reused by every later run), or nothing (the
+backend's empty parent, ``template0`` on PostgreSQL). The source is only ever the *parent*
+of a fork.
+
+Grammar of ``dbbranch_source``: ``empty``/``none``/unset; ``db:NAME`` or a bare name is a
+database (a Lakebase branch); ``file:PATH``, anything containing ``/`` or ending in a dump
+suffix is a dump file, resolved against the rootdir.
 """
 
 from __future__ import annotations
@@ -14,13 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from ..backends.base import Backend, Tag
+from ..backends import Backend, Tag
 from ..errors import SourceError
 from ..names import source_name
 from ..server.binaries import client
 from ..settings import Settings
+from .sealing import ensure_sealed
+from .stats import Stats
 
-EMPTY_PARENT = "template0"
 _DUMP_SUFFIXES = (".sql", ".dump", ".pgdump", ".backup", ".psql")
 
 
@@ -33,20 +39,12 @@ class Source:
     identity: str
     where: str
 
-    @property
-    def label(self) -> str:
-        return {
-            "empty": "empty database",
-            "database": f"database {self.location}",
-            "dump": f"dump {self.location}",
-        }[self.kind]
-
 
 def parse_source(settings: Settings) -> Source:
     raw = (settings.source or "").strip()
     where = settings.origin("source")
     if raw.lower() in ("", "empty", "none"):
-        return Source("empty", EMPTY_PARENT, "empty", where)
+        return Source("empty", "", "empty", where)
     if raw.startswith("db:"):
         return Source("database", raw[3:], "database:" + raw[3:], where)
     is_path = raw.startswith("file:") or "/" in raw or raw.lower().endswith(_DUMP_SUFFIXES)
@@ -66,36 +64,27 @@ def file_hash(path: Path) -> str:
     return digest.hexdigest()
 
 
-def ensure_source(source: Source, backend: Backend, run_id: str) -> str:
-    """Name of the database to fork templates from, restoring a dump when needed."""
+def resolve_parent(source: Source, backend: Backend, *, run_id: str, stats: Stats) -> str:
+    """Name of the branch templates are forked from, restoring a dump once when needed."""
     if source.kind == "empty":
-        return EMPTY_PARENT
+        return backend.empty_parent
     if source.kind == "database":
-        if not backend.exists(source.location):
-            raise SourceError(
-                f"{source.where}: source database {source.location!r} does not exist on the "
-                "server; create it (restore your production snapshot into it) or point "
-                "dbbranch_source at a dump file"
-            )
-        return source.location
+        return backend.find_source(source.location, source.where)
+    if not backend.restores_dumps:
+        raise SourceError(
+            f"{source.where}: a dump file cannot be the source on {backend.kind}; restore it into "
+            "a branch and name that branch as the source"
+        )
     name = source_name(source.identity.removeprefix("dump:"))
-    record = backend.describe(name)
-    if record is not None and record.ready:
-        return name
-    with backend.lock("source:" + name):
-        record = backend.describe(name)
-        if record is not None and record.ready:
-            return name
-        if record is not None:
-            backend.drop(name)  # half-restored by a crashed run
-        tag = Tag(kind="source", run=run_id, parent=EMPTY_PARENT, fingerprint=source.identity)
-        backend.fork(name, EMPTY_PARENT, tag)
-        try:
-            restore(Path(source.location), backend, name, source.where)
-        except BaseException:
-            backend.drop(name)
-            raise
-        backend.seal(name, tag)
+    built = ensure_sealed(
+        backend,
+        name,
+        tag=Tag(kind="source", run=run_id, parent="", fingerprint=source.identity),
+        parent=lambda: backend.empty_parent,
+        build=lambda: restore(Path(source.location), backend, name, source.where),
+        run_id=run_id,
+    )
+    stats.sources_restored += int(built)
     return name
 
 

@@ -16,10 +16,17 @@ import pytest
 
 from ..branching.branch import Branch
 from ..errors import DbBranchError
+from ..settings import OVERRIDABLE, Settings
 
 MARKER = "dbbranch"
 
 Scope = Literal["session", "package", "module", "class", "function"]
+
+#: The marker's line in ``pytest --markers``, from the one list of overridable settings.
+MARKER_HELP = (
+    f"{MARKER}({', '.join(f'{name}=None' for name in OVERRIDABLE)}): settings for the branch "
+    "fixtures of this test or module (e.g. an older Alembic revision)"
+)
 
 
 def branch_fixture(
@@ -30,27 +37,31 @@ def branch_fixture(
     alembic_ini: str | None = None,
     revision: str | None = None,
     keep: str | None = None,
+    isolation: str | None = None,
 ) -> Any:
-    """Make a fixture that yields a :class:`Branch` and drops it at teardown."""
-    overrides = {"url": url, "source": source, "alembic_ini": alembic_ini, "revision": revision, "keep": keep}
-    given = {key: value for key, value in overrides.items() if value is not None}
+    """Make a fixture that yields a :class:`Branch` and drops it at teardown. The keyword
+    arguments are the settings a marker may change too (``settings.OVERRIDABLE``)."""
+    given = {name: value for name, value in locals().items() if name in OVERRIDABLE and value is not None}
+    # Named by argument, with values except the URL's (it may hold a password).
+    where = "branch_fixture({})".format(
+        ", ".join(f"{k}=..." if k == "url" else f"{k}={v!r}" for k, v in given.items())
+    )
 
     @pytest.fixture(scope=scope)
     def _branch(request: pytest.FixtureRequest) -> Iterator[Branch]:
         manager = request.getfixturevalue("dbbranch_manager")
-        settings = request.getfixturevalue("dbbranch_settings")
+        settings: Settings = request.getfixturevalue("dbbranch_settings")
         failure: str | None = None
         try:
             if given:
-                args = ", ".join(f"{k}={v!r}" for k, v in given.items())
-                settings = settings.with_overrides(f"branch_fixture({args})", **given)
+                settings = settings.with_overrides(where, scope=scope, **given)
             marker = request.node.get_closest_marker(MARKER)
             if marker is not None:
                 settings = settings.with_overrides(
-                    f"@pytest.mark.{MARKER} on {request.node.nodeid}", **marker.kwargs
+                    f"@pytest.mark.{MARKER} on {request.node.nodeid}", scope=scope, **marker.kwargs
                 )
             branch = manager.create(
-                settings, scope=scope, node_id=request.node.nodeid, salt=request.fixturename
+                settings, scope=scope, node_id=request.node.nodeid, fixture_name=request.fixturename
             )
         except DbBranchError as exc:
             failure = str(exc)

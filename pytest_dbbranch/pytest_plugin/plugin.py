@@ -1,12 +1,11 @@
-"""pytest hooks, options and the default fixtures; the branch logic lives in ``manager``."""
+"""pytest hooks, options and the default fixtures; the branch logic lives in ``branching``."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Generator, Iterator
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 import pytest
@@ -14,38 +13,18 @@ import pytest
 from .. import names
 from ..branching.branch import Branch
 from ..branching.manager import BranchManager
-from ..branching.stats import Stats
 from ..errors import ConfigError, DbBranchError
 from ..settings import SPECS, Settings, resolve
-from .factories import MARKER, branch_fixture
+from .factories import MARKER_HELP, branch_fixture
+from .items import make_items
+from .state import STATE, RunState
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
+    from ..emulator import LakebaseEmulator
 
 _SECTION = "dbbranch"
-
-
-@dataclass
-class _RunState:
-    settings: Settings
-    run_id: str
-    worker_id: str | None
-    stats: Stats = field(default_factory=Stats)
-    manager: BranchManager | None = None
-    #: "name url" of branches kept by xdist workers, reported by the controller.
-    kept_lines: list[str] = field(default_factory=list)
-
-    def get_manager(self) -> BranchManager:
-        if self.manager is None:
-            self.manager = BranchManager(
-                self.settings, run_id=self.run_id, worker_id=self.worker_id, stats=self.stats
-            )
-        return self.manager
-
-    def close(self) -> None:
-        if self.manager is not None:
-            self.manager.close()
-            self.manager = None
-
-
-_STATE = pytest.StashKey[_RunState]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -60,11 +39,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers",
-        f"{MARKER}(revision=None, source=None, alembic_ini=None, keep=None, url=None): settings "
-        "for the branch fixtures of this test or module (e.g. an older Alembic revision)",
-    )
+    config.addinivalue_line("markers", MARKER_HELP)
     root = config.inipath.parent if config.inipath else config.rootpath
     try:
         settings = resolve(
@@ -78,52 +53,38 @@ def pytest_configure(config: pytest.Config) -> None:
     workerinput = getattr(config, "workerinput", None)
     run_id = workerinput.get("dbbranch_run_id") if workerinput else None
     worker_id = workerinput.get("workerid") if workerinput else None
-    config.stash[_STATE] = _RunState(settings, run_id or names.new_run_id(), worker_id)
+    config.stash[STATE] = RunState(settings, run_id or names.new_run_id(), worker_id)
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(_XdistHooks(config), "dbbranch-xdist")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    state = config.stash.get(_STATE, None)
+    state = config.stash.get(STATE, None)
     if state is not None:
         state.close()
 
 
 class _XdistHooks:
-    """Share one run id with every worker, and bring their counters home."""
+    """Share one run id with every worker, and bring their counters and reports home."""
 
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
 
     def pytest_configure_node(self, node: Any) -> None:
-        node.workerinput["dbbranch_run_id"] = self.config.stash[_STATE].run_id
+        node.workerinput["dbbranch_run_id"] = self.config.stash[STATE].run_id
 
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
         output = getattr(node, "workeroutput", {}) or {}
+        state = self.config.stash[STATE]
         if "dbbranch_stats" in output:
-            self.config.stash[_STATE].stats.merge(output["dbbranch_stats"])
-        self.config.stash[_STATE].kept_lines.extend(output.get("dbbranch_kept", []))
-
-
-class MigrationCheckItem(pytest.Item):
-    """One migration check as an ordinary test item: reported, selectable with -k."""
-
-    def __init__(self, *, check: str, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.check = check
-
-    def runtest(self) -> None:
-        from ..review.checks import MigrationChecks
-
-        MigrationChecks(self.config.stash[_STATE].get_manager()).run(self.check)
-
-    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
-        if isinstance(excinfo.value, DbBranchError):
-            return f"migration check '{self.check}' failed:\n{excinfo.value}"
-        return super().repr_failure(excinfo)
-
-    def reportinfo(self) -> tuple[Any, int | None, str]:
-        return self.path, None, f"dbbranch migration check: {self.check}"
+            state.stats.merge(output["dbbranch_stats"])
+        state.kept_lines.extend(output.get("dbbranch_kept", []))
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        for line, red in output.get("dbbranch_messages", []):
+            if reporter is not None:
+                reporter.write_line(line, red=red)
+            if red:
+                state.diff_failed = True
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -131,32 +92,67 @@ def pytest_collection_modifyitems(
     session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
 ) -> None:
     """Before -k and -m deselect, so the checks can be selected like any test."""
-    state = config.stash.get(_STATE, None)
+    state = config.stash.get(STATE, None)
     if state is None or not state.settings.check_migrations:
         return
-    from ..review.checks import CHECKS
+    from ..review import CHECKS
 
     checks = [c for c in CHECKS if c != "models-match" or state.settings.models]
-    items[:0] = [
-        MigrationCheckItem.from_parent(session, name=f"dbbranch-migrations::{check}", check=check)
-        for check in checks
-    ]
+    items[:0] = make_items(session, items, checks)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     """Runs before the terminal summary: the pool's last drops are counted in it."""
-    state = session.config.stash.get(_STATE, None)
+    state = session.config.stash.get(STATE, None)
     if state is None:
         return
     workeroutput = getattr(session.config, "workeroutput", None)
-    if workeroutput is None and state.settings.schema_diff:
-        _write_schema_diff(session, state)
+    messages = _write_schema_diff(session, state) if _writes_schema_diff(session, state) else []
     if state.manager is not None:
         state.kept_lines.extend(_kept_line(b) for b in state.manager.kept)
         state.close()
     if workeroutput is not None:
         workeroutput["dbbranch_kept"] = list(state.kept_lines)
         workeroutput["dbbranch_stats"] = state.stats.to_dict()
+        workeroutput["dbbranch_messages"] = messages
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    for line, red in messages:
+        if reporter is not None:
+            reporter.write_line(line, red=red)
+        state.diff_failed = state.diff_failed or red
+    if state.diff_failed:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def _writes_schema_diff(session: pytest.Session, state: RunState) -> bool:
+    """One process writes it: the only one without xdist, else the first worker (workers
+    know the settings a conftest's ``dbbranch_settings`` fixture gave; the controller runs
+    no fixtures)."""
+    if not state.effective_settings.schema_diff:
+        return False
+    if getattr(session.config, "workerinput", None) is not None:
+        return state.worker_id == "gw0"
+    return not getattr(session.config.option, "numprocesses", None)
+
+
+def _write_schema_diff(session: pytest.Session, state: RunState) -> list[tuple[str, bool]]:
+    """The review artefact of a run, written once after the tests; returns the lines to show."""
+    from ..review import schema_diff
+    from ..schema import render_json, render_markdown
+
+    settings = state.effective_settings
+    assert settings.schema_diff is not None
+    path = settings.resolve_path(settings.schema_diff)
+    try:
+        diff = schema_diff(state.get_manager(), settings)
+    except DbBranchError as exc:
+        return [(f"pytest-dbbranch: no schema diff written: {exc}", True)]
+    text = render_json(diff) if settings.diff_format == "json" else render_markdown(diff)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    breaking = f", {len(diff.breaking)} breaking" if diff.breaking else ""
+    return [(f"pytest-dbbranch: schema diff ({len(diff.changes)} changes{breaking}) -> {path}", False)]
 
 
 @pytest.hookimpl(wrapper=True)
@@ -172,29 +168,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return report
 
 
-def _write_schema_diff(session: pytest.Session, state: _RunState) -> None:
-    """The review artefact of a run: written by the controller once, after the tests."""
-    from ..schema import render_json, render_markdown
-
-    settings = state.settings
-    assert settings.schema_diff is not None
-    path = settings.resolve_path(settings.schema_diff)
-    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    try:
-        diff = state.get_manager().schema_diff()
-    except DbBranchError as exc:
-        if reporter is not None:
-            reporter.write_line(f"pytest-dbbranch: no schema diff written: {exc}", red=True)
-        session.exitstatus = pytest.ExitCode.TESTS_FAILED
-        return
-    text = render_json(diff) if settings.diff_format == "json" else render_markdown(diff)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    if reporter is not None:
-        breaking = f", {len(diff.breaking)} breaking" if diff.breaking else ""
-        reporter.write_line(f"pytest-dbbranch: schema diff ({len(diff.changes)} changes{breaking}) -> {path}")
-
-
 def _branches_of(item: pytest.Item) -> Iterator[Branch]:
     seen: set[int] = set()
     for value in getattr(item, "funcargs", {}).values():
@@ -204,7 +177,7 @@ def _branches_of(item: pytest.Item) -> Iterator[Branch]:
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    state = config.stash.get(_STATE, None)
+    state = config.stash.get(STATE, None)
     if state is None or not state.stats.used:
         return
     terminalreporter.section(_SECTION)
@@ -223,14 +196,18 @@ def _kept_line(branch: Branch) -> str:
 
 @pytest.fixture(scope="session")
 def dbbranch_settings(pytestconfig: pytest.Config) -> Settings:
-    """The resolved settings; override this fixture to compute them yourself."""
-    return pytestconfig.stash[_STATE].settings
+    """The resolved settings. Override this fixture (in a conftest) to compute them yourself,
+    for example to point the plugin at a server a fixture starts: the branch fixtures, the
+    manager, the migration checks and the schema diff all use what it returns."""
+    return pytestconfig.stash[STATE].settings
 
 
 @pytest.fixture(scope="session")
-def dbbranch_manager(pytestconfig: pytest.Config) -> BranchManager:
+def dbbranch_manager(pytestconfig: pytest.Config, dbbranch_settings: Settings) -> BranchManager:
     """The run's branch manager; closed at session finish, after the session's fixtures."""
-    return pytestconfig.stash[_STATE].get_manager()
+    state = pytestconfig.stash[STATE]
+    state.use_settings(dbbranch_settings)
+    return state.get_manager()
 
 
 db_branch_info = branch_fixture("function")
@@ -257,22 +234,20 @@ def db_branch_session(db_branch_session_info: Branch) -> psycopg.Connection[Any]
 
 
 @pytest.fixture
-def db_branch_engine(db_branch_info: Branch) -> Any:
+def db_branch_engine(db_branch_info: Branch) -> Engine:
     """A SQLAlchemy engine bound to this test's branch."""
     return db_branch_info.engine()
 
 
 @pytest.fixture(scope="session")
-def lakebase_emulator(dbbranch_manager: BranchManager) -> Iterator[Any]:
+def dbbranch_lakebase_emulator(dbbranch_manager: BranchManager) -> Iterator[LakebaseEmulator]:
     """A Lakebase emulator for this session, backed by the run's PostgreSQL server (the
     embedded one unless a URL is configured), with a project ``demo``. Point a
     ``databricks.sdk.WorkspaceClient(host=emulator.url, token=emulator.token)`` at it."""
-    from ..backends.postgres import PostgresBackend
     from ..emulator import LakebaseEmulator
 
-    backend = dbbranch_manager.backend(dataclasses.replace(dbbranch_manager.settings, backend="postgres"))
-    assert isinstance(backend, PostgresBackend)
-    emulator = LakebaseEmulator(backend.server, auto_endpoint=True)
+    backing = dbbranch_manager.server_address(replace(dbbranch_manager.settings, backend="postgres"))
+    emulator = LakebaseEmulator(backing, auto_endpoint=True)
     emulator.start()
     emulator.create_project("demo")
     try:

@@ -14,23 +14,22 @@ import inspect
 import sys
 import textwrap
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from .. import names
-from ..backends.base import Tag
-from ..branching.manager import BranchManager, TemplatePlan
+from ..branching.manager import BranchManager
+from ..branching.sources import resolve_parent
+from ..branching.templates import TemplatePlan
 from ..conninfo import ServerAddress
-from ..errors import ConfigError, DbBranchError, MigrationError
-from ..migrations import alembic as migrate
+from ..errors import CheckFailed, ConfigError, MigrationError
+from ..migrations.alembic import AlembicMigrator, current_revisions, revisions_since
 from ..settings import Settings
 
+if TYPE_CHECKING:
+    from ..schema import Schema
+
 CHECKS = ("single-head", "applies", "idempotent", "reversible", "models-match")
-
-
-class CheckFailed(DbBranchError):
-    """A migration check found a problem in the user's migrations or models."""
 
 
 class MigrationChecks:
@@ -45,7 +44,7 @@ class MigrationChecks:
     def plan(self) -> TemplatePlan:
         if self._plan is None:
             self._plan = TemplatePlan(self.settings, self.manager.backend(self.settings))
-            if self._plan.project is None:
+            if self._plan.migrator is None:
                 raise ConfigError("migration checks need an alembic.ini (dbbranch_alembic_ini)")
         return self._plan
 
@@ -56,12 +55,11 @@ class MigrationChecks:
     # -- the checks -------------------------------------------------------------------------
 
     def single_head(self) -> None:
-        project = self.plan.project
-        assert project is not None
-        heads = sorted(project.script.get_heads())
+        migrator = self._migrator
+        heads = sorted(migrator.script.get_heads())
         if len(heads) != 1:
             raise CheckFailed(
-                f"the Alembic script directory {project.script_dir} has {len(heads)} heads "
+                f"the Alembic script directory {migrator.script_dir} has {len(heads)} heads "
                 f"({', '.join(heads)}); merge them with `alembic merge heads`"
             )
 
@@ -69,7 +67,7 @@ class MigrationChecks:
         with self._source_branch("applies") as address:
             base = self._revisions(address)
             try:
-                migrate.upgrade(self._project, address, self.plan.target)
+                self._migrator.upgrade(address, self.plan.target)
             except MigrationError as exc:
                 raise CheckFailed(
                     f"the upgrade from the source's revision ({_revs(base)}) to {self.plan.target} "
@@ -78,9 +76,9 @@ class MigrationChecks:
 
     def idempotent(self) -> None:
         with self._source_branch("idempotent") as address:
-            migrate.upgrade(self._project, address, self.plan.target)
+            self._migrator.upgrade(address, self.plan.target)
             before, rows_before = self._schema(address), self._revisions(address)
-            migrate.upgrade(self._project, address, self.plan.target)
+            self._migrator.upgrade(address, self.plan.target)
             after, rows_after = self._schema(address), self._revisions(address)
         if rows_after != rows_before:
             raise CheckFailed(
@@ -93,11 +91,11 @@ class MigrationChecks:
             )
 
     def reversible(self) -> None:
-        project = self._project
+        migrator = self._migrator
         problems: list[str] = []
         with self._source_branch("reversible") as address:
             base = self._revisions(address)
-            scripts = migrate.revisions_since(project, base, self.plan.target)
+            scripts = revisions_since(migrator, base, self.plan.target)
             for script in scripts:
                 if not _has_downgrade(script):
                     problems.append(f"revision {script.revision} ({script.path}) has no downgrade")
@@ -108,10 +106,10 @@ class MigrationChecks:
                 if isinstance(down, tuple | list):
                     continue  # a merge point: its parents are checked on their own
                 before = self._schema(address)
-                migrate.upgrade(project, address, script.revision)
+                migrator.upgrade(address, script.revision)
                 applied = self._schema(address)
                 try:
-                    migrate.downgrade(project, address, down or "base")
+                    migrator.downgrade(address, down or "base")
                 except MigrationError as exc:
                     raise CheckFailed(
                         f"revision {script.revision}: its downgrade fails on production-shaped data:\n{exc}"
@@ -123,7 +121,7 @@ class MigrationChecks:
                         f"it:\n{_summary(before, back)}"
                     )
                     break
-                migrate.upgrade(project, address, script.revision)
+                migrator.upgrade(address, script.revision)
                 again = self._schema(address)
                 if not _same(again, applied):
                     problems.append(
@@ -142,7 +140,7 @@ class MigrationChecks:
         from sqlalchemy.pool import NullPool
 
         with self._source_branch("models") as address:
-            migrate.upgrade(self._project, address, self.plan.target)
+            self._migrator.upgrade(address, self.plan.target)
             engine = create_engine(address.sqlalchemy_url(), poolclass=NullPool)
             try:
                 with engine.connect() as conn:
@@ -163,29 +161,25 @@ class MigrationChecks:
     # -- helpers ----------------------------------------------------------------------------
 
     @property
-    def _project(self) -> migrate.AlembicProject:
-        project = self.plan.project
-        assert project is not None
-        return project
+    def _migrator(self) -> AlembicMigrator:
+        migrator = self.plan.migrator
+        assert migrator is not None
+        return migrator
 
     @contextlib.contextmanager
     def _source_branch(self, label: str) -> Iterator[ServerAddress]:
         """A fresh branch of the source, dropped afterwards whatever happens."""
         manager = self.manager
         backend = manager.backend(self.settings)
-        parent = backend.source_parent(self.plan.source, manager.run_id)
-        name = names.branch_name(manager.run_id, manager.worker_id, "session", f"check:{label}")
-        backend.fork(name, parent, Tag(kind="branch", run=manager.run_id, parent=parent))
-        try:
-            yield backend.address(name)
-        finally:
-            backend.drop(name)
+        parent = resolve_parent(self.plan.source, backend, run_id=manager.run_id, stats=manager.stats)
+        with manager.scratch(parent, f"check-{label}", self.settings) as address:
+            yield address
 
     def _revisions(self, address: ServerAddress) -> tuple[str, ...]:
         with psycopg.connect(address.conninfo()) as conn:
-            return migrate.current_revisions(conn)
+            return current_revisions(conn)
 
-    def _schema(self, address: ServerAddress) -> Any:
+    def _schema(self, address: ServerAddress) -> Schema:
         from ..schema import read_schema
 
         with psycopg.connect(address.conninfo()) as conn:

@@ -1,0 +1,82 @@
+"""Migrated templates: what one is made of, and building it once.
+
+A template is the source brought to the target revision, sealed, and named by a fingerprint
+of everything that shapes it. Every branch of a test is a copy of one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .. import names
+from ..backends import Backend, BranchRecord, Tag
+from ..errors import ConfigError
+from ..migrations.alembic import AlembicMigrator, load_alembic
+from ..settings import Settings
+from .fingerprint import fingerprint, template_group
+from .sealing import ensure_sealed
+from .sources import Source, parse_source, resolve_parent
+from .stats import Stats
+
+
+class TemplatePlan:
+    """Everything needed to build or find one template, computed without touching it."""
+
+    def __init__(self, settings: Settings, backend: Backend) -> None:
+        self.settings = settings
+        self.source: Source = parse_source(settings)
+        ini = settings.alembic_ini_path()
+        self.migrator: AlembicMigrator | None = (
+            load_alembic(ini, settings.origin("alembic_ini")) if ini else None
+        )
+        if self.migrator is None and settings.revision != "head":
+            raise ConfigError(
+                f"{settings.origin('revision')}: revision {settings.revision!r} is set but no "
+                "alembic.ini is configured (dbbranch_alembic_ini)"
+            )
+        self.target = settings.revision
+        revisions = self.migrator.resolve(self.target, settings.origin("revision")) if self.migrator else ()
+        files: list[tuple[str, Path]] = []
+        if self.migrator is not None:
+            base = self.migrator.script_dir
+            files = [(str(path.relative_to(base)), path) for path in self.migrator.files()]
+        self.fingerprint = fingerprint(
+            source_identity=self.source.identity + backend.source_point,
+            revisions=revisions,
+            server_version=backend.server_version,
+            alembic_files=files,
+            alembic_ini=self.migrator.ini_path if self.migrator else None,
+        )
+        self.group = template_group(
+            str(self.migrator.ini_path.resolve()) if self.migrator else "-",
+            self.source.kind + ":" + self.source.location,
+            self.target,
+        )
+        self.name = names.template_name(self.group, self.fingerprint)
+
+
+def ensure_template(plan: TemplatePlan, backend: Backend, *, run_id: str, stats: Stats) -> None:
+    """Find the sealed template of ``plan`` or build it: fork the source, migrate, seal."""
+
+    def reusable(record: BranchRecord) -> bool:
+        # --dbbranch-rebuild rebuilds once per run: what this run sealed is fresh.
+        return record.ready and (not plan.settings.rebuild or record.tag.run == run_id)
+
+    def build() -> None:
+        if plan.migrator is not None:
+            with stats.timed("migrate_seconds"):
+                plan.migrator.upgrade(backend.address(plan.name), plan.target)
+
+    built = ensure_sealed(
+        backend,
+        plan.name,
+        tag=Tag(kind="template", run=run_id, parent="", fingerprint=plan.fingerprint, group=plan.group),
+        parent=lambda: resolve_parent(plan.source, backend, run_id=run_id, stats=stats),
+        build=build,
+        run_id=run_id,
+        reusable=reusable,
+    )
+    if built:
+        stats.template_builds += 1
+    else:
+        stats.template_hits += 1
