@@ -46,7 +46,8 @@ from google.protobuf.duration_pb2 import Duration
 from psycopg import sql
 
 from pytest_dbbranch.conninfo import ServerAddress
-from pytest_dbbranch.emulator.service import TOOL, LakebaseEmulator
+from pytest_dbbranch.emulator import LakebaseEmulator
+from pytest_dbbranch.emulator.backing import EMULATOR_TAG_TOOL as TOOL
 
 PROJECT = "projects/shop"
 PRODUCTION = f"{PROJECT}/branches/production"
@@ -565,7 +566,7 @@ def test_http_shapes_without_the_sdk(emu: LakebaseEmulator) -> None:
 
 
 def test_command_line(embedded_server: ServerAddress, seed: str) -> None:
-    argv = [sys.executable, "-m", "pytest_dbbranch.emulator.service", "--backing-url", embedded_server.url()]
+    argv = [sys.executable, "-m", "pytest_dbbranch.emulator", "--backing-url", embedded_server.url()]
     argv += ["--project", "shop", "--project", "other", "--source-database", seed, "--token", "dapi-cli"]
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
