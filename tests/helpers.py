@@ -1,0 +1,293 @@
+"""Helpers shared by the test layers (fixtures live in ``conftest.py``).
+
+Imported as ``from tests.helpers import ...``; nothing here starts a server by itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from pytest_dbbranch.conninfo import ServerAddress
+from pytest_dbbranch.server.binaries import client
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE = REPO / "examples" / "inventory"
+SYSTEM_ADMIN_URL = os.environ.get("DBBRANCH_TEST_SYSTEM_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+#: The password of the test roles: every output a test checks for leaks is searched for it.
+SECRET = "s3cr3t-Pa55-" + uuid.uuid4().hex[:8]
+TAG_MARK = '"tool":"pytest-dbbranch"'
+
+
+# -- databases on a server ----------------------------------------------------------------------
+
+
+def databases(url: str) -> dict[str, str | None]:
+    """Databases the connecting role owns, with their comment (our tag, if any).
+
+    Limited to the role's own, so a shared server's other users are never touched.
+    """
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT datname, shobj_description(oid, 'pg_database') FROM pg_database"
+            " WHERE pg_get_userbyid(datdba) = current_user"
+        ).fetchall()
+    return {name: comment for name, comment in rows}
+
+
+def our_branches(url: str, kind: str = "branch") -> list[str]:
+    """Names of the databases of one kind (branch, template, source) that carry our tag."""
+    return sorted(
+        name
+        for name, comment in databases(url).items()
+        if comment and TAG_MARK in comment and f'"kind":"{kind}"' in comment
+    )
+
+
+def drop_ours(url: str) -> None:
+    """Leave the server clean between tests: drop only what carries our tag."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        for name, comment in databases(url).items():
+            if comment and TAG_MARK in comment:
+                ident = sql.Identifier(name)
+                conn.execute(sql.SQL("ALTER DATABASE {} IS_TEMPLATE false").format(ident))
+                conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(ident))
+
+
+def create_database(url: str, name: str, *statements: str) -> None:
+    """A fresh database ``name`` (dropped first if it exists), with ``statements`` run in it."""
+    address = ServerAddress.parse(url)
+    with psycopg.connect(address.conninfo(), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    if statements:
+        with psycopg.connect(address.conninfo(name), autocommit=True) as conn:
+            for statement in statements:
+                conn.execute(statement)  # type: ignore[arg-type]  # test SQL, not user input
+
+
+def drop_database(url: str, name: str) -> None:
+    with psycopg.connect(ServerAddress.parse(url).conninfo(), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def pg_dump(url: str, dbname: str, *args: str) -> bytes:
+    """Schema and data of a database, for before/after comparisons."""
+    address = ServerAddress.parse(url)
+    env = dict(os.environ, PGPASSWORD=address.password or "")
+    argv = [
+        client("pg_dump"),
+        "-h",
+        address.host or "",
+        "-p",
+        str(address.port or 5432),
+        "-U",
+        address.user or "postgres",
+        "--no-comments",
+        *args,
+        dbname,
+    ]
+    out = subprocess.run(argv, env=env, capture_output=True, check=True).stdout
+    if any(arg.startswith("-F") for arg in args):
+        return out
+    # PostgreSQL 18's pg_dump writes a random \restrict key into plain dumps.
+    return b"\n".join(
+        line for line in out.splitlines() if not line.startswith((b"\\restrict", b"\\unrestrict"))
+    )
+
+
+def restore_snapshot(address: ServerAddress, dbname: str) -> None:
+    """A fresh database ``dbname`` holding the example's production snapshot."""
+    create_database(address.url(), dbname)
+    argv = [client("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", str(EXAMPLE / "snapshot.sql")]
+    subprocess.run([*argv, address.conninfo(dbname)], check=True, capture_output=True)
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (for 'server unreachable')."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# -- Alembic projects -------------------------------------------------------------------------
+
+ENV_PY = """
+import os
+from alembic import context
+from sqlalchemy import engine_from_config, pool
+
+config = context.config
+with open(os.path.join(os.path.dirname(__file__), "..", "alembic_runs.log"), "a") as log:
+    log.write(f"{os.getpid()}\\n")
+
+connectable = config.attributes.get("connection")
+if connectable is None:
+    engine = engine_from_config(config.get_section(config.config_ini_section),
+                                prefix="sqlalchemy.", poolclass=pool.NullPool)
+    with engine.connect() as connection:
+        context.configure(connection=connection, target_metadata=None)
+        with context.begin_transaction():
+            context.run_migrations()
+else:
+    context.configure(connection=connectable, target_metadata=None)
+    with context.begin_transaction():
+        context.run_migrations()
+"""
+
+REVISION = """
+from alembic import op
+revision = {revision!r}
+down_revision = {down!r}
+branch_labels = None
+depends_on = None
+
+def upgrade():
+{body}
+
+def downgrade():
+{down_body}
+"""
+
+
+class AlembicProject:
+    """A throwaway Alembic project in a folder; counts its own runs (``env.py`` logs each)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.ini = root / "alembic.ini"
+        self.versions = root / "migrations" / "versions"
+        self.versions.mkdir(parents=True, exist_ok=True)
+        (root / "migrations" / "env.py").write_text(ENV_PY)
+        (root / "migrations" / "script.py.mako").write_text("# unused\n")
+        self.ini.write_text(
+            "[alembic]\nscript_location = %(here)s/migrations\n"
+            "sqlalchemy.url = postgresql+psycopg://nowhere/none\n"
+        )
+
+    def add(self, revision: str, down: str | None, *statements: str, undo: tuple[str, ...] = ()) -> Path:
+        """A revision running ``statements``; ``undo`` are its downgrade's (none: ``pass``)."""
+        body = "\n".join(f"    op.execute({s!r})" for s in statements) or "    pass"
+        down_body = "\n".join(f"    op.execute({s!r})" for s in undo) or "    pass"
+        path = self.versions / f"{revision}.py"
+        path.write_text(REVISION.format(revision=revision, down=down, body=body, down_body=down_body))
+        return path
+
+    def add_widgets(self) -> AlembicProject:
+        """The two revisions most tests use: ``r1`` creates widgets, ``r2`` adds a column and
+        a seed row."""
+        self.add(
+            "r1",
+            None,
+            "CREATE TABLE widgets (id serial PRIMARY KEY, name text NOT NULL)",
+            undo=("DROP TABLE widgets",),
+        )
+        self.add(
+            "r2",
+            "r1",
+            "ALTER TABLE widgets ADD COLUMN size int NOT NULL DEFAULT 1",
+            "INSERT INTO widgets (name) VALUES ('seed')",
+            undo=("DELETE FROM widgets WHERE name = 'seed'", "ALTER TABLE widgets DROP COLUMN size"),
+        )
+        return self
+
+    @property
+    def runs(self) -> int:
+        log = self.root / "alembic_runs.log"
+        return len(log.read_text().splitlines()) if log.exists() else 0
+
+
+def copy_example(target: Path) -> None:
+    """The example application, as a user's project folder."""
+    for entry in EXAMPLE.iterdir():
+        if entry.name in ("__pycache__", ".pytest_cache"):
+            continue
+        destination = target / entry.name
+        if entry.is_dir():
+            shutil.copytree(entry, destination, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(entry, destination)
+
+
+# -- inner pytest runs and the command line -----------------------------------------------------
+
+
+def run_inner(pytester: pytest.Pytester, url: str | None, *args: str, **env: str) -> pytest.RunResult:
+    """Run an inner suite in a subprocess, the way a user's CI runs pytest."""
+    argv = ["-p", "no:cacheprovider", *args]
+    if url is not None:
+        argv += ["--dbbranch-url", url]
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in env.items():
+            patch.setenv(key, value)
+        return pytester.runpytest_subprocess(*argv, timeout=300)
+
+
+def write_tests(pytester: pytest.Pytester, name: str, body: str) -> Path:
+    return pytester.makepyfile(**{name: textwrap.dedent(body)})
+
+
+def assert_clean_failure(
+    result: pytest.RunResult, *patterns: str, errors: int | None = None, secret: str | None = None
+) -> None:
+    """The run failed with one clear message (the ``patterns``), not a traceback through psycopg
+    or Alembic internals, and without the secret."""
+    assert result.ret != 0
+    if errors is not None:
+        result.assert_outcomes(errors=errors)
+    result.stdout.fnmatch_lines(list(patterns))
+    output = result.stdout.str() + result.stderr.str()
+    assert "Traceback" not in output
+    if secret:
+        assert secret not in output
+
+
+def summary_counts(result: pytest.RunResult) -> tuple[int, int, int]:
+    """Branches created, dropped and kept, from the run's ``dbbranch`` summary; created must
+    equal dropped plus kept (the warm pool forks a few ahead, and drops them too)."""
+    match = re.search(r"branches: (\d+) created, (\d+) dropped, (\d+) kept", result.stdout.str())
+    assert match, result.stdout.str()
+    created, dropped, kept = map(int, match.groups())
+    assert created == dropped + kept
+    return created, dropped, kept
+
+
+def item_outcomes(result: pytest.RunResult) -> dict[str, str]:
+    """Outcome of every item of an inner run made with ``-rA``, by the end of its node id."""
+    found: dict[str, str] = {}
+    for line in result.stdout.lines:
+        match = re.match(r"^(PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS) (\S+)", line)
+        if match:
+            found[match.group(2)] = match.group(1)
+    return found
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The ``dbbranch`` command line in a subprocess, as a shell would run it."""
+    return subprocess.run(
+        [sys.executable, "-m", "pytest_dbbranch.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+        env=env,
+    )
+
+
+def cli_json(*args: str, cwd: Path | None = None) -> Any:
+    result = run_cli(*args, "--json", cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)

@@ -1,0 +1,20 @@
+"""Inner pytest runs: each test writes a small project into its ``pytester`` folder and runs
+pytest on it in a subprocess, the way a user's CI would."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.helpers import AlembicProject, drop_ours
+
+
+@pytest.fixture(autouse=True)
+def _clean_server(embedded_url: str) -> None:
+    """Each inner run starts from a server with nothing of ours on it."""
+    drop_ours(embedded_url)
+
+
+@pytest.fixture
+def alembic_project(pytester: pytest.Pytester) -> AlembicProject:
+    """The widgets project (r1, r2) in the inner run's own folder."""
+    return AlembicProject(pytester.path).add_widgets()
