@@ -226,10 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--embedded-dir", dest="embedded_dir", help="embedded server folder")
     common.add_argument("--lakebase-project", dest="lakebase_project", help="use a Lakebase project")
     common.add_argument("--json", action="store_true", help="machine-readable output")
-    project = argparse.ArgumentParser(add_help=False)
-    project.add_argument("--source", help="production snapshot: database, dump file or 'empty'")
-    project.add_argument("--alembic-ini", dest="alembic_ini", help="path of alembic.ini")
-    project.add_argument("--revision", help="target revision (default head)")
+    template = argparse.ArgumentParser(add_help=False)
+    template.add_argument("--source", help="production snapshot: database, dump file or 'empty'")
+    template.add_argument("--alembic-ini", dest="alembic_ini", help="path of alembic.ini")
+    template.add_argument("--revision", help="target revision (default head)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     listing = sub.add_parser(
@@ -238,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     listing.set_defaults(func=cmd_list)
 
     create = sub.add_parser(
-        "create", parents=[common, project], help="fork a migrated branch of the source and print its URL"
+        "create", parents=[common, template], help="fork a migrated branch of the source and print its URL"
     )
     create.add_argument("--name", help="words to put in the branch name")
     create.add_argument("--show-password", action="store_true", help="print the URL with the password")
@@ -260,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     diff = sub.add_parser(
         "diff",
-        parents=[common, project],
+        parents=[common, template],
         help="schema difference between the source and the migrated template",
     )
     diff.add_argument("--format", choices=("markdown", "json"), default="markdown")

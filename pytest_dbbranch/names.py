@@ -83,10 +83,10 @@ def _last_part(node_id: str) -> str:
     return node_id.rsplit("::", 1)[-1] if "::" in node_id else os.path.basename(node_id)
 
 
-def template_name(project_key: str, fingerprint: str) -> str:
-    """Template names are a pure function of project and fingerprint, so every process
-    (and every machine sharing the server) computes the same one and can find it."""
-    return validate(f"{TEMPLATE_PREFIX}-{project_key[:10]}-{fingerprint[:16]}")
+def template_name(group: str, fingerprint: str) -> str:
+    """Template names are a pure function of template group and fingerprint, so every
+    process (and every machine sharing the server) computes the same one and can find it."""
+    return validate(f"{TEMPLATE_PREFIX}-{group[:10]}-{fingerprint[:16]}")
 
 
 def source_name(content_hash: str) -> str:

@@ -68,11 +68,6 @@ class BranchBudget:
         if lock is not None:
             lock.release()
 
-    @property
-    def held(self) -> int:
-        with self._mutex:
-            return len(self._held)
-
     def release_all(self) -> None:
         with self._mutex:
             locks = list(self._held.values())

@@ -260,7 +260,7 @@ class BranchManager:
         with self._mutex:
             if key in self._worker_branches:
                 return self._worker_branches[key]
-            name = names.branch_name(self.run_id, self.worker_id, "host", key)
+            name = names.branch_name(self.run_id, self.worker_id, "worker", key)
             tag = Tag(kind="branch", run=self.run_id, parent=template)
             with self.stats.timed("fork_seconds"):
                 backend.fork(name, template, tag)

@@ -53,7 +53,7 @@ def ensure_sealed(
         if record is not None and reusable(record):
             return False
         if record is not None and not _abandoned(record, backend, run_id):
-            # Being built on another machine that shares this project: wait for it.
+            # Being built on another machine that shares this server: wait for it.
             wait_until_sealed(backend, name)
             return False
         if record is not None:

@@ -4,7 +4,7 @@ Why it looks like this: a branch costs ≈20–35 ms on tmpfs with durability of
 on this kind of machine's root disk, so the data directory goes to ``/dev/shm`` when it
 exists and fsync is off (this is throwaway test data). The data directory is kept between
 runs so migrated templates survive; one server serves every xdist worker and every
-concurrent run of the same project, started once under a file lock, and stopped by the last
+concurrent run of the same checkout, started once under a file lock, and stopped by the last
 run that leaves.
 """
 
