@@ -226,12 +226,12 @@ class Settings:
     def __post_init__(self) -> None:
         for spec in SPECS:
             value = getattr(self, spec.name)
-            if value is None or value == spec.default:
-                continue
-            parsed = spec.parse(_as_text(value), self.origins.get(spec.name, f"Settings({spec.name}=...)"))
-            if parsed is None and spec.default is not None:
-                raise ConfigError(f"{self.origin(spec.name)}: a value is required")
-            object.__setattr__(self, spec.name, parsed)
+            where = self.origins.get(spec.name, f"Settings({spec.name}=...)")
+            if value is not None and value != spec.default:
+                value = spec.parse(_as_text(value), where)
+                object.__setattr__(self, spec.name, value)
+            if value is None and spec.default is not None:
+                raise ConfigError(f"{where}: a value is required (default: {spec.default})")
 
     def with_overrides(self, where: str, *, scope: str = "function", **values: Any) -> Settings:
         """Apply marker or factory arguments, the highest level of the precedence. ``isolation``

@@ -57,7 +57,11 @@ def stale_templates(records: Iterable[BranchRecord]) -> Iterator[tuple[BranchRec
                 newest[record.tag.group] = record
     for record in records:
         best = newest.get(record.tag.group)
-        if record.tag.kind == "template" and best is not None and best.name != record.name:
+        if best is None or record.tag.kind != "template" or best.name == record.name:
+            continue
+        # Only what is older: a template still being built is never "replaced" by an
+        # older sealed one.
+        if record.tag.created < best.tag.created:
             yield record, best
 
 
