@@ -1,4 +1,5 @@
-"""Size-independent branches where the disk allows: reflink clones on XFS (PostgreSQL 18)."""
+"""Size-independent branches where the disk allows: reflink clones on XFS (PostgreSQL 18),
+and plain file copies everywhere else."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from pytest_dbbranch.backends.postgres import PostgresBackend
 from pytest_dbbranch.branching.manager import BranchManager
-from pytest_dbbranch.server.embedded import supports_reflink
-from pytest_dbbranch.settings import resolve
+from pytest_dbbranch.server.embedded import EmbeddedServer, supports_reflink
+from pytest_dbbranch.settings import Settings
 
 
 @pytest.fixture
@@ -37,34 +39,39 @@ def xfs_folder(tmp_path: Path) -> Iterator[Path]:
         mount.rmdir()
 
 
-def test_tmpfs_has_no_reflink() -> None:
+def _postgres(manager: BranchManager) -> PostgresBackend:
+    backend = manager.backend()
+    assert isinstance(backend, PostgresBackend)
+    return backend
+
+
+def test_tmpfs_copies_files(embedded: EmbeddedServer, tmp_path: Path) -> None:
+    """tmpfs has no reflinks: the probe says so and cleans up, and the embedded server there
+    forks with plain FILE_COPY."""
     folder = Path("/dev/shm") / f"dbbranch-probe-{uuid.uuid4().hex[:6]}"
     try:
         assert supports_reflink(folder) is False
         assert list(folder.iterdir()) == [], "the probe cleans up after itself"
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+    with BranchManager(
+        Settings(embedded_dir=str(embedded.home.parent), root=tmp_path), run_id="plain"
+    ) as plain:
+        backend = _postgres(plain)
+        assert backend.strategy == "FILE_COPY"
+        assert backend.file_copy_method is None
 
 
 def test_embedded_server_on_xfs_clones(xfs_folder: Path, tmp_path: Path) -> None:
+    """On XFS with reflink=1 the embedded server forks by cloning files, and branches work."""
     assert supports_reflink(xfs_folder / "probe") is True
-    settings = resolve(options={"embedded_dir": str(xfs_folder / "pg")}, root=tmp_path)
-    manager = BranchManager(settings, run_id="reflink")
-    try:
-        backend = manager.backend()
-        assert backend.strategy == "FILE_COPY"  # type: ignore[attr-defined]
-        assert backend.file_copy_method == "clone"  # type: ignore[attr-defined]
+    with BranchManager(
+        Settings(embedded_dir=str(xfs_folder / "pg"), root=tmp_path), run_id="reflink"
+    ) as manager:
+        backend = _postgres(manager)
+        assert backend.strategy == "FILE_COPY"
+        assert backend.file_copy_method == "clone"
         with manager.branch() as branch, branch.connect() as conn:
             conn.execute("CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g")
             conn.commit()
             assert conn.execute("SELECT count(*) FROM t").fetchone() == (1000,)
-    finally:
-        manager.close()
-    # Without reflinks the same settings copy files.
-    ram = Path("/dev/shm") / f"dbbranch-plain-{uuid.uuid4().hex[:6]}"
-    plain = BranchManager(resolve(options={"embedded_dir": str(ram)}, root=tmp_path), run_id="plain")
-    try:
-        assert plain.backend().file_copy_method is None  # type: ignore[attr-defined]
-    finally:
-        plain.close()
-        shutil.rmtree(ram, ignore_errors=True)
