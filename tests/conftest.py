@@ -96,7 +96,9 @@ def system_url() -> Iterator[str]:
             )
         )
     address = ServerAddress.parse(SYSTEM_ADMIN_URL)
-    yield ServerAddress(host=address.host, port=address.port, user=role, password=SECRET, dbname="postgres").url()
+    yield ServerAddress(
+        host=address.host, port=address.port, user=role, password=SECRET, dbname="postgres"
+    ).url()
     with psycopg.connect(SYSTEM_ADMIN_URL, autocommit=True) as admin:
         for (name,) in admin.execute(
             "SELECT datname FROM pg_database d JOIN pg_roles r ON r.oid = d.datdba WHERE r.rolname = %s",
@@ -143,7 +145,9 @@ def emulator(embedded_server: ServerAddress) -> Iterator[LakebaseEmulator]:
 
 
 @pytest.fixture
-def lakebase_env(emulator: LakebaseEmulator, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, str]:
+def lakebase_env(
+    emulator: LakebaseEmulator, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> dict[str, str]:
     """The environment a Lakebase-configured run needs, and only that: no developer profile,
     no DATABRICKS_* from outside. Returned for inner runs; set in this process too."""
     for key in list(os.environ):

@@ -275,7 +275,9 @@ def item_outcomes(result: pytest.RunResult) -> dict[str, str]:
     return found
 
 
-def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """The ``dbbranch`` command line in a subprocess, as a shell would run it."""
     return subprocess.run(
         [sys.executable, "-m", "pytest_dbbranch.cli", *args],

@@ -183,12 +183,21 @@ class PostgresBackend:
             return cur.fetchone() is not None
 
     def list_ours(self) -> list[BranchRecord]:
-        with self._mutex:
-            rows = self._exec(
-                "SELECT d.datname, shobj_description(d.oid, 'pg_database'), d.datistemplate,"
-                " d.datallowconn, CASE WHEN has_database_privilege(d.oid, 'CONNECT')"
-                " THEN pg_database_size(d.oid) END FROM pg_database d ORDER BY d.datname"
-            ).fetchall()
+        query = (
+            "SELECT d.datname, shobj_description(d.oid, 'pg_database'), d.datistemplate,"
+            " d.datallowconn, CASE WHEN has_database_privilege(d.oid, 'CONNECT')"
+            " THEN pg_database_size(d.oid) END FROM pg_database d ORDER BY d.datname"
+        )
+        for attempt in range(5):
+            try:
+                with self._mutex:
+                    rows = self._exec(query).fetchall()
+                break
+            except psycopg.errors.UndefinedObject:
+                # A database was dropped while its size was read (another run's teardown,
+                # our own warm pool): read the catalog again.
+                if attempt == 4:
+                    raise
         records = [_record(row[:4], size=row[4]) for row in rows]
         return [r for r in records if r is not None]
 

@@ -23,7 +23,7 @@ from ..branching.sources import resolve_parent
 from ..branching.templates import TemplatePlan
 from ..conninfo import ServerAddress
 from ..errors import CheckFailed, ConfigError, MigrationError
-from ..migrations.alembic import AlembicMigrator, current_revisions, revisions_since
+from ..migrations.alembic import AlembicMigrator, current_revisions, load_alembic, revisions_since
 from ..settings import Settings
 
 if TYPE_CHECKING:
@@ -55,7 +55,12 @@ class MigrationChecks:
     # -- the checks -------------------------------------------------------------------------
 
     def single_head(self) -> None:
-        migrator = self._migrator
+        # Straight from the script directory: the template plan refuses two heads itself,
+        # with a message about the target rather than the history.
+        ini = self.settings.alembic_ini_path()
+        if ini is None:
+            raise ConfigError("migration checks need an alembic.ini (dbbranch_alembic_ini)")
+        migrator = load_alembic(ini, self.settings.origin("alembic_ini"))
         heads = sorted(migrator.script.get_heads())
         if len(heads) != 1:
             raise CheckFailed(

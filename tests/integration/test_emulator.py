@@ -22,7 +22,6 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import SECRET
 from databricks.sdk import WorkspaceClient
 from databricks.sdk.config import Config
 from databricks.sdk.errors import (
@@ -48,6 +47,7 @@ from psycopg import sql
 from pytest_dbbranch.conninfo import ServerAddress
 from pytest_dbbranch.emulator import LakebaseEmulator
 from pytest_dbbranch.emulator.backing import EMULATOR_TAG_TOOL as TOOL
+from tests.helpers import SECRET
 
 PROJECT = "projects/shop"
 PRODUCTION = f"{PROJECT}/branches/production"
@@ -207,6 +207,7 @@ def emulator_threads() -> list[threading.Thread]:
 
 
 def test_identity_project_and_not_found(w: WorkspaceClient, emu: LakebaseEmulator) -> None:
+    """The SDK's identity, project and branch reads, and its NotFound for missing objects."""
     assert w.current_user.me().user_name == emu.user_name
     project = w.postgres.get_project(PROJECT)
     assert project.status is not None and project.status.default_branch == PRODUCTION
@@ -224,6 +225,7 @@ def test_identity_project_and_not_found(w: WorkspaceClient, emu: LakebaseEmulato
 
 
 def test_branch_forks_data_through_the_proxy(w: WorkspaceClient, emu: LakebaseEmulator) -> None:
+    """A branch holds its parent's data at fork time, and writes stay on their branch."""
     child = create_branch(w, "feature-a")
     assert child.name == f"{PROJECT}/branches/feature-a"
     assert child.status is not None and child.status.current_state is not None
@@ -242,6 +244,7 @@ def test_branch_forks_data_through_the_proxy(w: WorkspaceClient, emu: LakebaseEm
 
 
 def test_list_branches_pages(w: WorkspaceClient, emu: LakebaseEmulator) -> None:
+    """Listing follows the SDK's paging, in creation order."""
     for branch_id in ("b-one", "b-two", "b-three"):
         create_branch(w, branch_id)
     names = [b.name for b in w.postgres.list_branches(PROJECT, page_size=2)]
@@ -253,6 +256,7 @@ def test_list_branches_pages(w: WorkspaceClient, emu: LakebaseEmulator) -> None:
 def test_delete_branch_drops_its_database(
     w: WorkspaceClient, emu: LakebaseEmulator, embedded_server: ServerAddress
 ) -> None:
+    """Deleting a branch removes its backing database; deleting it again is NotFound."""
     branch = create_branch(w, "short-lived")
     database = emu.database_of("shop", "short-lived")
     assert database_exists(embedded_server, database)
@@ -266,6 +270,7 @@ def test_delete_branch_drops_its_database(
 
 
 def test_refuses_to_delete_default_protected_and_parents(w: WorkspaceClient, emu: LakebaseEmulator) -> None:
+    """The service's own refusals, which the plugin must survive and report."""
     with pytest.raises(BadRequest, match="default branch") as excinfo:
         w.postgres.delete_branch(PRODUCTION)
     assert excinfo.value.error_code == "FAILED_PRECONDITION"
@@ -282,6 +287,8 @@ def test_refuses_to_delete_default_protected_and_parents(w: WorkspaceClient, emu
 
 
 def test_create_branch_validation(w: WorkspaceClient, emu: LakebaseEmulator) -> None:
+    """Invalid ids, expiry settings and parents are refused as the service refuses them."""
+
     def attempt(branch_id: str, spec: BranchSpec) -> None:
         w.postgres.create_branch(PROJECT, Branch(spec=spec), branch_id)
 
@@ -305,6 +312,7 @@ def test_create_branch_validation(w: WorkspaceClient, emu: LakebaseEmulator) -> 
 
 
 def test_branch_limit_fails_the_operation(embedded_server: ServerAddress, seed: str) -> None:
+    """The branch limit fails the operation, not the request, as on Lakebase."""
     with LakebaseEmulator(embedded_server, branch_limit=2, operation_delay=0.0) as emulator:
         emulator.create_project("shop", source_database=seed)
         w = client(emulator)
@@ -321,6 +329,7 @@ def test_branch_limit_fails_the_operation(embedded_server: ServerAddress, seed: 
 def test_ttl_really_expires(
     w: WorkspaceClient, emu: LakebaseEmulator, embedded_server: ServerAddress
 ) -> None:
+    """A branch past its TTL is deleted with its database, without a client asking."""
     branch = create_branch(w, "ephemeral", ttl=Duration(seconds=1))
     database = emu.database_of("shop", "ephemeral")
     deadline = time.monotonic() + 5
@@ -335,6 +344,7 @@ def test_ttl_really_expires(
 
 
 def test_auto_endpoint_and_one_read_write_endpoint(embedded_server: ServerAddress) -> None:
+    """With auto endpoints every branch has one read-write endpoint, and only one."""
     with LakebaseEmulator(embedded_server, auto_endpoint=True, operation_delay=0.0) as emulator:
         emulator.create_project("shop")
         w = client(emulator)
@@ -358,6 +368,8 @@ def test_auto_endpoint_and_one_read_write_endpoint(embedded_server: ServerAddres
 
 
 def test_bad_and_expired_tokens_are_refused(w: WorkspaceClient, emu: LakebaseEmulator) -> None:
+    """Logins are checked as Lakebase checks them: wrong token, other user, missing database,
+    expired token (at login only)."""
     conn = connect(emu, w, PRODUCTION)
     endpoint = f"{PRODUCTION}/endpoints/primary"
     token = w.postgres.generate_database_credential(endpoint=endpoint).token
@@ -397,6 +409,7 @@ def test_bad_and_expired_tokens_are_refused(w: WorkspaceClient, emu: LakebaseEmu
 
 
 def test_deleted_branch_token_and_session_are_cut(w: WorkspaceClient, emu: LakebaseEmulator) -> None:
+    """Deleting a branch ends its sessions and invalidates its tokens."""
     branch = create_branch(w, "doomed")
     conn = connect(emu, w, f"{branch.name}")
     token = w.postgres.generate_database_credential(endpoint=f"{branch.name}/endpoints/primary").token
@@ -411,6 +424,7 @@ def test_deleted_branch_token_and_session_are_cut(w: WorkspaceClient, emu: Lakeb
 
 
 def test_direct_tls_and_cancel(w: WorkspaceClient, emu: LakebaseEmulator) -> None:
+    """libpq's direct TLS negotiation and query cancellation pass through the proxy."""
     with connect(emu, w, PRODUCTION, sslnegotiation="direct") as conn:
         assert conn.pgconn.ssl_in_use
         timer = threading.Timer(0.3, conn.cancel_safe)
@@ -453,12 +467,14 @@ def test_password_protected_backing_server(embedded_server: ServerAddress, seed:
 
 @pytest.mark.parametrize("status", [503, 429])
 def test_throttling_is_retried_by_the_sdk(w: WorkspaceClient, emu: LakebaseEmulator, status: int) -> None:
+    """Throttling answers are shaped so that the SDK retries them."""
     emu.inject(status=status, error_code="TEMPORARILY_UNAVAILABLE", retry_after=0, method="GET")
     assert w.postgres.get_branch(PRODUCTION).name == PRODUCTION
     assert emu.calls()["GET get_branch"] == 2
 
 
 def test_persistent_errors_surface(w: WorkspaceClient, emu: LakebaseEmulator) -> None:
+    """A server error that persists reaches the client, and clearing faults ends it."""
     emu.inject(times=2, status=500, message="backend exploded", path_contains="/branches/production")
     with pytest.raises(InternalError, match="backend exploded"):
         w.postgres.get_branch(PRODUCTION)
@@ -467,12 +483,14 @@ def test_persistent_errors_surface(w: WorkspaceClient, emu: LakebaseEmulator) ->
 
 
 def test_dropped_connection_is_retried(w: WorkspaceClient, emu: LakebaseEmulator) -> None:
+    """A connection dropped without an answer is retried by the SDK."""
     emu.inject(drop_connection=True, method="GET", path_contains="/projects/shop")
     assert w.postgres.get_project(PROJECT).name == PROJECT
     assert emu.calls()["GET get_project"] == 2
 
 
 def test_slow_answer(w: WorkspaceClient, emu: LakebaseEmulator) -> None:
+    """A slow answer is slow, and is not retried."""
     emu.inject(delay=0.4, method="GET")
     started = time.monotonic()
     assert w.postgres.get_branch(PRODUCTION).name == PRODUCTION
@@ -481,6 +499,7 @@ def test_slow_answer(w: WorkspaceClient, emu: LakebaseEmulator) -> None:
 
 
 def test_operation_error(w: WorkspaceClient, emu: LakebaseEmulator) -> None:
+    """A failed operation leaves no branch, and the id can be used again."""
     emu.inject(operation_error=True, error_code="INTERNAL_ERROR", message="clone failed", method="POST")
     op = finish(
         w, w.postgres.create_branch(PROJECT, Branch(spec=BranchSpec(no_expiry=True)), "unlucky").name()
@@ -493,6 +512,7 @@ def test_operation_error(w: WorkspaceClient, emu: LakebaseEmulator) -> None:
 
 
 def test_revoked_and_wrong_pat(w: WorkspaceClient, emu: LakebaseEmulator) -> None:
+    """A wrong or revoked personal access token is refused with the service's message."""
     with pytest.raises(Unauthenticated):
         client(emu, token="dapi-wrong").postgres.get_project(PROJECT)
     emu.revoke_pat("Token expired")
@@ -504,6 +524,7 @@ def test_revoked_and_wrong_pat(w: WorkspaceClient, emu: LakebaseEmulator) -> Non
 
 
 def test_stop_drops_only_its_own_databases(embedded_server: ServerAddress, seed: str) -> None:
+    """stop() drops the databases of this emulator instance only, and ends its threads."""
     decoy = f"emu_decoy_{uuid.uuid4().hex[:8]}"
     foreign_tag = json.dumps({"tool": TOOL, "instance": "someone-else"}, separators=(",", ":"))
     with psycopg.connect(embedded_server.conninfo(), autocommit=True) as admin:
@@ -566,6 +587,7 @@ def test_http_shapes_without_the_sdk(emu: LakebaseEmulator) -> None:
 
 
 def test_command_line(embedded_server: ServerAddress, seed: str) -> None:
+    """The command line prints the variables a suite needs and cleans up on SIGTERM."""
     argv = [sys.executable, "-m", "pytest_dbbranch.emulator", "--backing-url", embedded_server.url()]
     argv += ["--project", "shop", "--project", "other", "--source-database", seed, "--token", "dapi-cli"]
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

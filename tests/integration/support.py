@@ -1,0 +1,24 @@
+"""Helpers of the integration layer that are not fixtures (those are in ``conftest.py``)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from pytest_dbbranch.branching.manager import BranchManager
+
+#: Builds a manager for a new run (or for ``run_id``'s run) from settings overrides.
+MakeManager = Callable[..., BranchManager]
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = "the condition") -> Any:
+    """Poll ``condition`` until it returns something truthy: for work done elsewhere (a warm
+    pool's thread, a backend exiting, an emulator operation) that offers no event to wait on."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
+        time.sleep(0.005)
