@@ -140,13 +140,18 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
+    from .branching.cleanup import find_orphans
+
     manager = _manager(args)
     try:
         backend = manager.backend()
         if not backend.exists(args.name):
             print(f"dbbranch: no branch named {args.name!r}", file=sys.stderr)
             return EXIT_NOTHING
-        backend.drop(args.name)
+        if args.name in find_orphans(backend):
+            backend.drop_untagged(args.name)  # made by a process killed before it tagged it
+        else:
+            backend.drop(args.name)
     finally:
         manager.close()
     print(f"deleted {args.name}")
@@ -154,36 +159,64 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
-    from .branching.cleanup import collect, find_garbage
+    from .branching.cleanup import (
+        Garbage,
+        collect,
+        collect_orphans,
+        find_garbage,
+        find_orphans,
+        in_use,
+        liveness,
+    )
     from .settings import parse_duration
 
     older = parse_duration(args.older_than, "--older-than") if args.older_than else None
     manager = _manager(args)
     try:
         backend = manager.backend()
-        garbage = find_garbage(backend.list_ours(), older_than=older, include_kept=args.include_kept)
-        deleted, failed = ([], []) if args.dry_run else collect(backend, garbage)
+        garbage = find_garbage(
+            backend.list_ours(),
+            run_alive=liveness(backend),
+            in_use=in_use(backend),
+            older_than=older,
+            include_kept=args.include_kept,
+            current_runs=[manager.run_id],
+        )
+        orphans = find_orphans(backend)
+        deleted: list[Garbage] = []
+        failed: list[tuple[Garbage, str]] = []
+        orphans_deleted: list[str] = []
+        orphans_failed: list[tuple[str, str]] = []
+        if not args.dry_run:
+            deleted, failed = collect(backend, garbage)
+            orphans_deleted, orphans_failed = collect_orphans(backend, orphans)
     finally:
         manager.close()
+    leftover = "untagged leftover of a process killed while creating it"
     if args.json:
         _print_json(
             {
                 "dry_run": args.dry_run,
-                "candidates": [g.to_dict() for g in garbage],
-                "deleted": [g.record.name for g in deleted],
-                "failed": [{"name": g.record.name, "error": err} for g, err in failed],
+                "candidates": [g.to_dict() for g in garbage]
+                + [{"name": name, "cause": "orphan", "reason": leftover} for name in orphans],
+                "deleted": [g.record.name for g in deleted] + orphans_deleted,
+                "failed": [{"name": g.record.name, "error": err} for g, err in failed]
+                + [{"name": name, "error": err} for name, err in orphans_failed],
             }
         )
     else:
         verb = "would delete" if args.dry_run else "deleted"
-        done = garbage if args.dry_run else deleted
-        for item in done:
-            print(f"{verb} {item.record.name}  ({item.reason})")
+        done = [(g.record.name, g.reason) for g in (garbage if args.dry_run else deleted)]
+        done += [(name, leftover) for name in (orphans if args.dry_run else orphans_deleted)]
+        for name, reason in done:
+            print(f"{verb} {name}  ({reason})")
         for item, error in failed:
             print(f"could not delete {item.record.name}: {error}", file=sys.stderr)
-        if not garbage:
+        for name, error in orphans_failed:
+            print(f"could not delete {name}: {error}", file=sys.stderr)
+        if not garbage and not orphans:
             print("nothing to delete")
-    return EXIT_ERROR if failed else EXIT_OK
+    return EXIT_ERROR if failed or orphans_failed else EXIT_OK
 
 
 def cmd_diff(args: argparse.Namespace) -> int:

@@ -36,6 +36,10 @@ class NotOursError(DbBranchError):
     """Refusal to touch a database that this tool did not create."""
 
 
+class ParentMissingError(DbBranchError):
+    """The parent of a fork does not exist: a template another run dropped, for example."""
+
+
 class BranchExistsError(DbBranchError):
     """Another process created this branch first; for a template, that is the lock."""
 

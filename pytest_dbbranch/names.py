@@ -70,12 +70,12 @@ def branch_name(run_id: str, worker_id: str | None, scope: str, node_id: str, sa
     cluttering the readable part.
     """
     scope_code = SCOPE_CODES.get(scope, slugify(scope, 1) or "x")
-    head = f"{BRANCH_PREFIX}-{slugify(run_id, 12)}-{worker_code(worker_id)}-{scope_code}"
+    head = f"{BRANCH_PREFIX}-{run_key(run_id)}-{worker_code(worker_id)}-{scope_code}"
     digest = short_hash(f"{run_id}|{worker_id}|{scope}|{node_id}|{salt}", 10)
-    room = MAX_LEN - len(head) - len(digest) - 2
+    room = MAX_LEN - len(head) - len(digest) - CHECK_LEN - 2
     slug = slugify(_last_part(node_id), max(room, 0))
     name = f"{head}-{slug}-{digest}" if slug else f"{head}-{digest}"
-    return validate(name)
+    return validate(_checked(name))
 
 
 def _last_part(node_id: str) -> str:
@@ -83,15 +83,55 @@ def _last_part(node_id: str) -> str:
     return node_id.rsplit("::", 1)[-1] if "::" in node_id else os.path.basename(node_id)
 
 
+def run_key(run_id: str) -> str:
+    """The run as it appears in branch names (letters and digits, at most 12): what tells,
+    from a name alone, which run made a branch, even one that never got its tag."""
+    return slugify(run_id, 12).replace("-", "") or "r" + short_hash(run_id, 8)
+
+
+#: Names this tool generates, strictly. An untagged database matching one of them is a
+#: leftover of a process killed between creating it and tagging it (there is no way to do
+#: both at once), and may be removed once its owner is provably gone.
+BRANCH_NAME_RE = re.compile(r"^dbb-(?P<run>[a-z0-9]{1,12})-[a-z0-9]{1,8}-[a-z]-(?:[a-z0-9-]*-)?[0-9a-f]{14}$")
+TEMPLATE_NAME_RE = re.compile(r"^dbbt-[0-9a-f]{10}-[0-9a-f]{20}$")
+SOURCE_NAME_RE = re.compile(r"^dbbs-[0-9a-f]{24}$")
+#: Every generated name ends in a short hash of the rest: a database someone named like ours
+#: by hand passes that check once in 65,536 times.
+CHECK_LEN = 4
+
+
+def _checked(name: str) -> str:
+    return name + short_hash("pytest-dbbranch:" + name, CHECK_LEN)
+
+
+def generated_kind(name: str) -> str | None:
+    """ "branch", "template" or "source" for a name this tool generated, else None."""
+    if short_hash("pytest-dbbranch:" + name[:-CHECK_LEN], CHECK_LEN) != name[-CHECK_LEN:]:
+        return None
+    if BRANCH_NAME_RE.fullmatch(name):
+        return "branch"
+    if TEMPLATE_NAME_RE.fullmatch(name):
+        return "template"
+    if SOURCE_NAME_RE.fullmatch(name):
+        return "source"
+    return None
+
+
+def run_of(name: str) -> str | None:
+    """The run key in a branch name (see ``run_key``), or None for other names."""
+    match = BRANCH_NAME_RE.fullmatch(name)
+    return match.group("run") if match and generated_kind(name) else None
+
+
 def template_name(group: str, fingerprint: str) -> str:
     """Template names are a pure function of template group and fingerprint, so every
     process (and every machine sharing the server) computes the same one and can find it."""
-    return validate(f"{TEMPLATE_PREFIX}-{group[:10]}-{fingerprint[:16]}")
+    return validate(_checked(f"{TEMPLATE_PREFIX}-{group[:10]}-{fingerprint[:16]}"))
 
 
 def source_name(content_hash: str) -> str:
     """A dump file is restored once into a database named by its content."""
-    return validate(f"{SOURCE_PREFIX}-{content_hash[:20]}")
+    return validate(_checked(f"{SOURCE_PREFIX}-{content_hash[:20]}"))
 
 
 def validate(name: str) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -81,6 +82,22 @@ def _pool_size(value: str, where: str) -> int | None:
     return None if value.strip().lower() == "auto" else _count(value, where, minimum=0)
 
 
+def _names(value: str, where: str) -> str:
+    """Environment variable names, comma or space separated; 'none' for none."""
+    names = [name for name in re.split(r"[,\s]+", value.strip()) if name]
+    if [n.lower() for n in names] == ["none"] or not names:
+        return "none"
+    bad = [name for name in names if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name)]
+    if bad:
+        raise ConfigError(f"{where}: {', '.join(map(repr, bad))} is not an environment variable name")
+    return ",".join(names)
+
+
+def _globs(value: str, where: str) -> str | None:
+    patterns = [p for p in re.split(r"[,\s]+", value.strip()) if p]
+    return ",".join(patterns) or None
+
+
 def _revision(value: str, where: str) -> str:
     text = value.strip()
     if not text:
@@ -132,6 +149,19 @@ class Settings:
     )
     revision: str = setting(
         "head", "Alembic revision the template is migrated to (default: head).", _revision, overridable=True
+    )
+    url_env: str = setting(
+        "DATABASE_URL",
+        "Environment variables set to the branch's URL while Alembic runs in process, for "
+        "env.py files that read their URL from the environment (each keeps the scheme of its "
+        "current value); comma or space separated, 'none' for none.",
+        _names,
+    )
+    fingerprint_files: str | None = setting(
+        None,
+        "Files outside the Alembic script folder that migrations import (globs relative to the "
+        "rootdir, comma or space separated): their content is part of the template fingerprint.",
+        _globs,
     )
     keep: KeepPolicy = setting(
         "never", "Keep branches after teardown: never, failed (of failed tests) or always.", overridable=True
@@ -290,6 +320,24 @@ class Settings:
     def resolve_path(self, value: str) -> Path:
         path = Path(value).expanduser()
         return path if path.is_absolute() else (self.root / path)
+
+    @property
+    def url_env_names(self) -> tuple[str, ...]:
+        return () if self.url_env == "none" else tuple(self.url_env.split(","))
+
+    def fingerprint_paths(self) -> list[Path]:
+        """The files ``fingerprint_files`` names; a pattern that matches nothing is a mistake."""
+        found: set[Path] = set()
+        for pattern in (self.fingerprint_files or "").split(","):
+            if not pattern:
+                continue
+            matches = [p for p in self.root.glob(pattern) if p.is_file()]
+            if not matches:
+                raise ConfigError(
+                    f"{self.origin('fingerprint_files')}: {pattern!r} matches no file under {self.root}"
+                )
+            found.update(matches)
+        return sorted(found)
 
     def alembic_ini_path(self) -> Path | None:
         """None means: no migrations. Explicit paths are checked later, with a clear error."""

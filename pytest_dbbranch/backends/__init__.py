@@ -10,12 +10,22 @@ from typing import TYPE_CHECKING
 from ..conninfo import ServerAddress
 from ..names import short_hash
 from ..settings import Settings
-from .base import Backend, BranchRecord, Tag, connect
+from .base import Backend, BranchRecord, Tag, build_lock, connect, run_lock, use_lock
 
 if TYPE_CHECKING:
     from ..server.embedded import EmbeddedServer
 
-__all__ = ["Backend", "BranchRecord", "Tag", "backend_key", "connect", "open_backend"]
+__all__ = [
+    "Backend",
+    "BranchRecord",
+    "Tag",
+    "backend_key",
+    "build_lock",
+    "connect",
+    "open_backend",
+    "run_lock",
+    "use_lock",
+]
 
 
 def backend_key(settings: Settings) -> tuple[str, str | None]:

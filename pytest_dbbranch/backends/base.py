@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from ..conninfo import ServerAddress
+from ..names import run_key
 
 if TYPE_CHECKING:
     import psycopg
@@ -101,6 +102,9 @@ class Backend(Protocol):
     server_key: str
     #: Folder of the lock files that serialise builders on this machine.
     lock_folder: Path
+    #: The role (identity) we act as: objects are keyed by it, since another role could not
+    #: read what this one restores or migrates.
+    role: str
 
     # -- capabilities -----------------------------------------------------------------------
 
@@ -116,6 +120,9 @@ class Backend(Protocol):
     restores_dumps: bool
     #: Listing our branches is cheap, so the reaper may look at every run's at session start.
     cheap_listing: bool
+    #: The server itself knows which runs are alive (``hold``/``is_held``), whatever machine or
+    #: container they run in. Without it, a run is known dead only on its own host (pid).
+    knows_liveness: bool
 
     @property
     def empty_parent(self) -> str:
@@ -174,8 +181,40 @@ class Backend(Protocol):
     def lock(self, key: str) -> AbstractContextManager[None]:
         """A lock shared by every process using this server, held while building."""
 
+    def hold(self, key: str) -> None:
+        """Hold ``key`` (shared) for as long as this backend lives; it is released by the
+        server when the process dies, wherever it ran."""
+
+    def is_held(self, key: str) -> bool:
+        """Whether some live process holds ``key``."""
+
+    def claim(self, key: str) -> AbstractContextManager[bool]:
+        """Exclusive hold of ``key`` for a ``with`` block, without waiting: False when a live
+        process holds it (then whatever it protects must stay)."""
+
+    def list_untagged(self) -> list[str]:
+        """Names this tool generated that carry no tag (a kill between create and tag)."""
+
+    def drop_untagged(self, name: str) -> None:
+        """Drop such a leftover; refuses anything that is not one."""
+
     def close(self) -> None:
         """Release connections held by the backend."""
+
+
+def run_lock(run_id: str) -> str:
+    """Held by every process of a live run: the run is dead once nobody holds it."""
+    return "run:" + run_key(run_id)
+
+
+def use_lock(name: str) -> str:
+    """Held by every process that may fork ``name`` (a template): it is not dropped then."""
+    return "use:" + name
+
+
+def build_lock(name: str) -> str:
+    """Held by the one process building ``name``; free means nobody is building it."""
+    return "build:" + name
 
 
 def connect(backend: Backend, name: str, **kwargs: Any) -> psycopg.Connection[Any]:

@@ -14,7 +14,7 @@ import contextlib
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -100,6 +100,8 @@ class LakebaseBackend:
     restores_dumps = False
     #: Listing means a login to every branch to read its tag.
     cheap_listing = False
+    #: No lock is shared by every branch of a project: liveness falls back to host and pid.
+    knows_liveness = False
 
     def __init__(self, config: LakebaseConfig, *, lock_root: Path, client: Any = None) -> None:
         from databricks.sdk import errors
@@ -125,6 +127,7 @@ class LakebaseBackend:
         self.lock_folder.mkdir(parents=True, exist_ok=True)
         me = self._api("identify the current user", self.client.current_user.me)
         self.user: str = me.user_name or ""
+        self.role = self.user
         self._mutex = threading.RLock()
         self._tags: dict[str, Tag] = {}
         self._endpoints: dict[str, tuple[str, str]] = {}
@@ -163,6 +166,24 @@ class LakebaseBackend:
 
     def rename(self, old: str, new: str) -> None:
         raise NotImplementedError("Lakebase branches are never renamed by the plugin")
+
+    def hold(self, key: str) -> None:
+        """Nothing to hold: see ``knows_liveness``."""
+
+    def is_held(self, key: str) -> bool:
+        return False
+
+    @contextlib.contextmanager
+    def claim(self, key: str) -> Iterator[bool]:
+        """Always: with no lock shared by the project's branches nothing can be known in use,
+        and a run whose template went rebuilds it once (``ParentMissingError``)."""
+        yield True
+
+    def list_untagged(self) -> list[str]:
+        return []
+
+    def drop_untagged(self, name: str) -> None:
+        raise NotOursError(f"refusing to delete Lakebase branch {self.full(name)} without our tag")
 
     def fork(self, name: str, parent: str, tag: Tag) -> None:
         from databricks.sdk.service.postgres import BranchSpec

@@ -21,7 +21,8 @@ import psycopg
 from psycopg import sql
 
 from ..conninfo import ServerAddress
-from ..errors import BranchExistsError, NotOursError, ServerError, SourceError
+from ..errors import BranchExistsError, NotOursError, ParentMissingError, ServerError, SourceError
+from ..names import generated_kind
 from .base import Backend, BranchRecord, Tag
 
 _DESCRIBE = """
@@ -64,6 +65,12 @@ def advisory_key(text: str) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big", signed=True)
 
 
+def _lock_columns(key: int) -> tuple[int, int]:
+    """How ``pg_locks`` shows a bigint advisory key: (classid, objid), high and low halves."""
+    unsigned = key & 0xFFFFFFFFFFFFFFFF
+    return unsigned >> 32, unsigned & 0xFFFFFFFF
+
+
 class PostgresBackend:
     """Branches as databases on one server, driven from one autocommit admin connection."""
 
@@ -80,8 +87,13 @@ class PostgresBackend:
         self.server_key = server_key or f"postgres:{address.host}:{address.port}"
         self.lock_folder = lock_folder
         self._mutex = threading.RLock()
+        #: Shared session locks this backend holds for its process: the run's liveness and
+        #: the templates it forks from. Taken again after a reconnect.
+        self._held: set[str] = set()
         self._conn = connect(address, autocommit=True)
         self.server_version = self._conn.info.server_version // 10000
+        row = self._conn.execute("SELECT current_user").fetchone()
+        self.role: str = str(row[0]) if row else (address.user or "")
         self.reflink = reflink
         self._wanted_strategy = strategy
         self.file_copy_method: str | None = None
@@ -92,6 +104,7 @@ class PostgresBackend:
 
     kind = "postgres"
     has_global_lock = True
+    knows_liveness = True
     warm_pool = True
     branches_are_servers = False
     restores_dumps = True
@@ -141,6 +154,8 @@ class PostgresBackend:
                 self._exec(statement)
             except psycopg.errors.DuplicateDatabase:
                 raise BranchExistsError(f"database {name!r} already exists") from None
+            except psycopg.errors.InvalidCatalogName:
+                raise ParentMissingError(f"cannot fork {parent!r}: it does not exist (any more)") from None
             except psycopg.errors.ObjectInUse as exc:
                 raise SourceError(
                     f"cannot fork {parent!r}: other sessions are connected to it "
@@ -200,6 +215,61 @@ class PostgresBackend:
                     raise
         records = [_record(row[:4], size=row[4]) for row in rows]
         return [r for r in records if r is not None]
+
+    def list_untagged(self) -> list[str]:
+        """Databases of this role with a name this tool generates but no tag: what a kill
+        between ``CREATE DATABASE`` and ``COMMENT`` leaves."""
+        with self._mutex:
+            rows = self._exec(
+                "SELECT d.datname, shobj_description(d.oid, 'pg_database') FROM pg_database d"
+                " WHERE pg_get_userbyid(d.datdba) = current_user ORDER BY d.datname"
+            ).fetchall()
+        return [name for name, comment in rows if generated_kind(name) and Tag.loads(comment) is None]
+
+    def drop_untagged(self, name: str) -> None:
+        """Drop a leftover found by ``list_untagged``; anything else is refused."""
+        with self._mutex:
+            row = self._exec(_DESCRIBE + " WHERE d.datname = %s", (name,)).fetchone()
+            if row is None:
+                return
+            if not generated_kind(name) or Tag.loads(row[1]) is not None:
+                raise NotOursError(
+                    f"refusing to drop database {name!r}: it is not an untagged leftover of ours"
+                )
+            self._drop_now(name, is_template=bool(row[2]))
+
+    def hold(self, key: str) -> None:
+        with self._mutex:
+            if key not in self._held:
+                self._exec("SELECT pg_advisory_lock_shared(%s)", (advisory_key(key),))
+                self._held.add(key)
+
+    def is_held(self, key: str) -> bool:
+        classid, objid = _lock_columns(advisory_key(key))
+        with self._mutex:
+            row = self._exec(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND classid = %s"
+                " AND objid = %s AND objsubid = 1 AND granted)",
+                (classid, objid),
+            ).fetchone()
+        return bool(row and row[0])
+
+    @contextmanager
+    def claim(self, key: str) -> Iterator[bool]:
+        """Exclusive, without waiting: False while any live process holds ``key`` (this one
+        included: a session's own locks never conflict, so that is checked first)."""
+        if key in self._held:
+            yield False
+            return
+        with self._mutex:
+            row = self._exec("SELECT pg_try_advisory_lock(%s)", (advisory_key(key),)).fetchone()
+        got = bool(row and row[0])
+        try:
+            yield got
+        finally:
+            if got:
+                with self._mutex:
+                    self._exec("SELECT pg_advisory_unlock(%s)", (advisory_key(key),))
 
     def drop(self, name: str) -> None:
         with self._mutex:
@@ -268,6 +338,8 @@ class PostgresBackend:
                     raise
                 time.sleep(0.1)
         self._configure_session()
+        for key in self._held:
+            self._conn.execute("SELECT pg_advisory_lock_shared(%s)", (advisory_key(key),))
         return self._conn.execute(query, params)
 
     def _pick_strategy(self, wanted: str) -> str | None:

@@ -21,14 +21,22 @@ from typing import Any
 import psycopg
 
 from .. import names
-from ..backends import Backend, Tag, backend_key, open_backend
+from ..backends import Backend, Tag, backend_key, open_backend, run_lock, use_lock
 from ..conninfo import ServerAddress
-from ..errors import ConfigError, DbBranchError
+from ..errors import ConfigError, DbBranchError, ParentMissingError
 from ..migrations.alembic import load_alembic
 from ..server.embedded import EmbeddedServer
 from ..settings import Settings
 from .branch import Branch, RollbackBranch
-from .cleanup import collect, find_garbage, stale_templates
+from .cleanup import (
+    Garbage,
+    collect,
+    collect_orphans,
+    find_garbage,
+    find_orphans,
+    liveness,
+    stale_templates,
+)
 from .pool import WarmPool
 from .stats import Stats
 from .templates import TemplatePlan, ensure_template
@@ -102,25 +110,31 @@ class BranchManager:
                     self._backend_failures[key] = exc
                     raise
                 self._backends[key] = backend
+                # Held for as long as this process lives: other runs know we are alive.
+                backend.hold(run_lock(self.run_id))
                 if self.reap_on_start and backend.cheap_listing:
                     self.reap(backend)
             return backend
 
     def reap(self, backend: Backend) -> None:
-        """Drop branches whose run died (``kill -9``, a lost CI runner) on this machine.
+        """Drop branches whose run died (``kill -9``, a lost CI runner, a cancelled job), and
+        untagged leftovers of a kill between create and tag.
 
         Only one process of a run does it (the controller or the first xdist worker), and
-        only for runs it can prove dead: their process is gone from this host.
+        only for runs it can prove dead: on PostgreSQL, runs whose run lock nobody holds,
+        wherever they ran; elsewhere, runs whose process is gone from this host.
         """
         if self.worker_id not in (None, "master", "gw0"):
             return
+        records = backend.list_ours()
         garbage = [
             item
-            for item in find_garbage(backend.list_ours(), current_runs=[self.run_id])
+            for item in find_garbage(records, run_alive=liveness(backend), current_runs=[self.run_id])
             if item.record.tag.kind == "branch" and item.cause == "dead-run"
         ]
         deleted, _failed = collect(backend, garbage)
-        self.stats.branches_reaped += len(deleted)
+        orphans, _failed_orphans = collect_orphans(backend, find_orphans(backend))
+        self.stats.branches_reaped += len(deleted) + len(orphans)
 
     def server_address(self, settings: Settings | None = None) -> ServerAddress:
         """The PostgreSQL server this run uses: the configured URL, or the embedded server
@@ -155,7 +169,7 @@ class BranchManager:
     def plan(self, settings: Settings | None = None) -> TemplatePlan:
         """The template for these settings, found or built once per run and process."""
         settings = settings or self.settings
-        key = (settings.url, settings.source, settings.alembic_ini, settings.revision, str(settings.root))
+        key = self._plan_key(settings)
         with self._mutex:
             if key in self._templates:
                 return self._templates[key]
@@ -164,6 +178,8 @@ class BranchManager:
             try:
                 backend = self.backend(settings)
                 plan = TemplatePlan(settings, backend)
+                # Before looking: from now on no other run drops it while this one may fork.
+                backend.hold(use_lock(plan.name))
                 ensure_template(plan, backend, run_id=self.run_id, stats=self.stats)
             except DbBranchError as exc:
                 self._failures[key] = exc
@@ -172,13 +188,22 @@ class BranchManager:
             self._templates[key] = plan
             return plan
 
+    @staticmethod
+    def _plan_key(settings: Settings) -> tuple[Any, ...]:
+        return (settings.url, settings.source, settings.alembic_ini, settings.revision, str(settings.root))
+
     def _drop_stale_templates(self, plan: TemplatePlan, backend: Backend) -> None:
-        for stale, _replacement in stale_templates(backend.list_ours()):
-            if stale.tag.group == plan.group:
-                try:
-                    backend.drop(stale.name)
-                except Exception as exc:
-                    log.warning("pytest-dbbranch: could not drop stale template %s: %s", stale.name, exc)
+        """Older templates of the group go, unless a live run still forks from them."""
+        stale = [
+            Garbage(record, "stale-template", f"replaced by {best.name}")
+            for record, best in stale_templates(backend.list_ours())
+            if record.tag.group == plan.group
+        ]
+        collect(backend, stale)
+
+    def _forget_plan(self, settings: Settings) -> None:
+        with self._mutex:
+            self._templates.pop(self._plan_key(settings), None)
 
     # -- branches ---------------------------------------------------------------------------
 
@@ -219,8 +244,18 @@ class BranchManager:
             # worker's branch.
             parent, target = self._worker_branch(settings, plan.name, backend, clone=True)
         tag = Tag(kind="branch", run=self.run_id, parent=parent, fingerprint=plan.fingerprint)
-        with self.stats.timed("fork_seconds"):
-            target.fork(name, parent, tag)
+        try:
+            with self.stats.timed("fork_seconds"):
+                target.fork(name, parent, tag)
+        except ParentMissingError:
+            if parent != plan.name:
+                raise
+            # Dropped under us (by hand, or by a run that could not see we use it): rebuild
+            # once and go on.
+            self._forget_plan(settings)
+            plan = self.plan(settings)
+            tag = Tag(kind="branch", run=self.run_id, parent=plan.name, fingerprint=plan.fingerprint)
+            target.fork(name, plan.name, tag)
         self.stats.increment("branches_created")
         branch = Branch(name, target, settings, settings.revision, upgrader=self._upgrade)
         branch.pool = pool
@@ -329,7 +364,9 @@ class BranchManager:
         ini = branch.settings.alembic_ini_path()
         if ini is None:
             raise ConfigError("upgrade() needs an alembic.ini (dbbranch_alembic_ini)")
-        migrator = load_alembic(ini, branch.settings.origin("alembic_ini"))
+        migrator = load_alembic(
+            ini, branch.settings.origin("alembic_ini"), url_env=branch.settings.url_env_names
+        )
         migrator.resolve(revision, "upgrade()")
         with self.stats.timed("migrate_seconds"):
             migrator.upgrade(branch.backend.address(branch.name), revision)

@@ -16,8 +16,9 @@ from dataclasses import replace
 
 import filelock
 
-from ..backends import Backend, BranchRecord, Tag
+from ..backends import Backend, BranchRecord, Tag, build_lock
 from ..errors import BranchExistsError, DbBranchError
+from ..names import generated_kind
 
 #: An unsealed object this long after creation was abandoned by a dead builder.
 BUILD_TIMEOUT = 1800.0
@@ -47,7 +48,7 @@ def ensure_sealed(
     if record is not None and reusable(record):
         return False
     lock = filelock.FileLock(str(backend.lock_folder / f"{name}.lock"))
-    with lock, backend.lock(f"{tag.kind}:{name}"):
+    with lock, backend.lock(build_lock(name)):
         # Whoever held the lock before us may have built it in the meantime.
         record = backend.describe(name)
         if record is not None and reusable(record):
@@ -59,9 +60,17 @@ def ensure_sealed(
         if record is not None:
             backend.drop(name)  # half-built by a crash, or rebuilt on request
         elif backend.exists(name):
-            raise DbBranchError(
-                f"{name!r} exists but was not created by pytest-dbbranch; rename or drop it yourself"
-            )
+            if not generated_kind(name):
+                raise DbBranchError(
+                    f"{name!r} exists but was not created by pytest-dbbranch; rename or drop it yourself"
+                )
+            if not backend.has_global_lock:
+                # Created on another machine and not tagged yet: its build has just begun.
+                wait_until_sealed(backend, name)
+                return False
+            # Our name without our tag, while we hold the build lock: a builder was killed
+            # between creating it and tagging it.
+            backend.drop_untagged(name)
         parent_name = parent()
         full_tag = replace(tag, parent=parent_name)
         try:

@@ -13,17 +13,15 @@ suffix is a dump file, resolved against the rootdir.
 from __future__ import annotations
 
 import hashlib
-import os
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from ..backends import Backend, Tag
+from ..backends import Backend, Tag, use_lock
 from ..errors import SourceError
-from ..names import source_name
-from ..server.binaries import client
+from ..names import short_hash, source_name
 from ..settings import Settings
+from .dumps import restore
 from .sealing import ensure_sealed
 from .stats import Stats
 
@@ -38,6 +36,12 @@ class Source:
     #: what the fingerprint hashes: name for databases, content hash for dumps
     identity: str
     where: str
+
+    @property
+    def label(self) -> str:
+        """Names the source the same way in every checkout: a database by name, a dump by
+        its file name (not its folder)."""
+        return Path(self.location).name if self.kind == "dump" else self.location
 
 
 def parse_source(settings: Settings) -> Source:
@@ -75,7 +79,8 @@ def resolve_parent(source: Source, backend: Backend, *, run_id: str, stats: Stat
             f"{source.where}: a dump file cannot be the source on {backend.kind}; restore it into "
             "a branch and name that branch as the source"
         )
-    name = source_name(source.identity.removeprefix("dump:"))
+    # Keyed by role too: another role could not read the tables this one restores.
+    name = source_name(short_hash(f"{source.identity}|{backend.role}", 64))
     built = ensure_sealed(
         backend,
         name,
@@ -85,54 +90,5 @@ def resolve_parent(source: Source, backend: Backend, *, run_id: str, stats: Stat
         run_id=run_id,
     )
     stats.sources_restored += int(built)
+    backend.hold(use_lock(name))
     return name
-
-
-def restore(path: Path, backend: Backend, dbname: str, where: str) -> None:
-    with path.open("rb") as handle:
-        head = handle.read(4096)
-    address = backend.address(dbname)
-    conn = address.kwargs()
-    env = dict(os.environ)
-    env.update(
-        PGHOST=str(conn.get("host", "")),
-        PGPORT=str(conn.get("port", "")),
-        PGUSER=str(conn.get("user", "")),
-        PGDATABASE=dbname,
-    )
-    if address.password:
-        env["PGPASSWORD"] = address.password
-    for key, value in address.options:
-        if key == "sslmode":
-            env["PGSSLMODE"] = value
-    if head.startswith(b"PGDMP"):
-        argv = [
-            client("pg_restore"),
-            "--no-owner",
-            "--no-privileges",
-            "--exit-on-error",
-            "--dbname",
-            dbname,
-            str(path),
-        ]
-    else:
-        if b"\x00" in head or not _looks_like_sql(head):
-            raise SourceError(
-                f"{where}: {path} is neither a plain SQL dump nor a pg_dump custom-format "
-                "archive (make it with `pg_dump --no-owner -f snapshot.sql` or `pg_dump -Fc`)"
-            )
-        argv = [client("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", str(path)]
-    result = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        detail = address.redact((result.stderr or result.stdout).strip())[-2000:]
-        raise SourceError(f"{where}: restoring {path} failed:\n{detail}")
-
-
-def _looks_like_sql(head: bytes) -> bool:
-    try:
-        text = head.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    upper = text.upper()
-    keywords = ("CREATE ", "INSERT ", "SET ", "COPY ", "SELECT ", "BEGIN", "ALTER ", "--", "\\")
-    return any(word in upper for word in keywords)

@@ -6,8 +6,6 @@ of everything that shapes it. Every branch of a test is a copy of one.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from .. import names
 from ..backends import Backend, BranchRecord, Tag
 from ..errors import ConfigError
@@ -26,9 +24,9 @@ class TemplatePlan:
         self.settings = settings
         self.source: Source = parse_source(settings)
         ini = settings.alembic_ini_path()
-        self.migrator: AlembicMigrator | None = (
-            load_alembic(ini, settings.origin("alembic_ini")) if ini else None
-        )
+        self.migrator: AlembicMigrator | None = None
+        if ini is not None:
+            self.migrator = load_alembic(ini, settings.origin("alembic_ini"), url_env=settings.url_env_names)
         if self.migrator is None and settings.revision != "head":
             raise ConfigError(
                 f"{settings.origin('revision')}: revision {settings.revision!r} is set but no "
@@ -36,21 +34,23 @@ class TemplatePlan:
             )
         self.target = settings.revision
         revisions = self.migrator.resolve(self.target, settings.origin("revision")) if self.migrator else ()
-        files: list[tuple[str, Path]] = []
+        files = [(f"extra/{path.relative_to(settings.root)}", path) for path in settings.fingerprint_paths()]
         if self.migrator is not None:
             base = self.migrator.script_dir
-            files = [(str(path.relative_to(base)), path) for path in self.migrator.files()]
+            files += [(f"scripts/{path.relative_to(base)}", path) for path in self.migrator.files()]
         self.fingerprint = fingerprint(
             source_identity=self.source.identity + backend.source_point,
             revisions=revisions,
             server_version=backend.server_version,
-            alembic_files=files,
-            alembic_ini=self.migrator.ini_path if self.migrator else None,
+            role=backend.role,
+            files=files,
+            ini_values=self.migrator.settings_text() if self.migrator else (),
         )
         self.group = template_group(
-            str(self.migrator.ini_path.resolve()) if self.migrator else "-",
-            self.source.kind + ":" + self.source.location,
+            ",".join(self.migrator.lineage()) if self.migrator else "-",
+            self.source.kind + ":" + self.source.label,
             self.target,
+            backend.role,
         )
         self.name = names.template_name(self.group, self.fingerprint)
 

@@ -9,9 +9,12 @@ too, so an ``env.py`` that builds its own engine from the ini file also migrates
 from __future__ import annotations
 
 import configparser
+import contextlib
 import logging
+import os
 import re
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +32,8 @@ class AlembicMigrator:
     ini_path: Path
     config: Any  # alembic.config.Config
     script: Any  # alembic.script.ScriptDirectory
+    #: Environment variables set to the branch's URL while Alembic runs (``dbbranch_url_env``).
+    url_env: tuple[str, ...] = ("DATABASE_URL",)
 
     @property
     def script_dir(self) -> Path:
@@ -42,13 +47,61 @@ class AlembicMigrator:
                 out.append(path)
         return out
 
+    def settings_text(self) -> list[tuple[str, str]]:
+        """The [alembic] values that can shape the schema, as written (``%(here)s`` unexpanded,
+        so every checkout of a project gives the same): all but ``sqlalchemy.url``, which the
+        plugin replaces anyway."""
+        parser = configparser.ConfigParser(interpolation=None)
+        parser.read(self.ini_path)
+        section = self.config.config_ini_section
+        if not parser.has_section(section):
+            return []
+        return sorted((k, v) for k, v in parser.items(section) if k != "sqlalchemy.url")
+
+    def lineage(self) -> tuple[str, ...]:
+        """The chain's first revisions: what tells one project's history from another's,
+        wherever it is checked out."""
+        return tuple(sorted(rev.revision for rev in self.script.walk_revisions() if not rev.down_revision))
+
     def upgrade(self, address: ServerAddress, target: str) -> None:
-        """Bring the database at ``address`` to ``target`` in one transaction (per env.py)."""
+        """Bring the database at ``address`` to ``target`` in one transaction (per env.py),
+        then check that it really is there."""
         _run(self, address, target, "upgrade")
+        self.verify(address, target)
 
     def downgrade(self, address: ServerAddress, target: str) -> None:
         """Take the database at ``address`` back to ``target`` (used by the reversibility check)."""
         _run(self, address, target, "downgrade")
+        self.verify(address, target)
+
+    def verify(self, address: ServerAddress, target: str) -> None:
+        """Alembic reports success for whatever database env.py migrated: compare the
+        branch's own version table with the target, so a migration that went elsewhere
+        stops the run instead of sealing an unmigrated template."""
+        import psycopg
+
+        expected = set(self._ids(target))
+        with psycopg.connect(address.conninfo(), connect_timeout=10) as conn:
+            actual = set(version_rows(conn))
+        if actual == expected:
+            return
+        held = ", ".join(sorted(actual)) or "no revision"
+        names = ", ".join(self.url_env) or "none"
+        raise MigrationError(
+            f"Alembic finished, but the branch {address.dbname} is not at {target!r}: its version "
+            f"table holds {held}, expected {', '.join(sorted(expected)) or 'no revision'}.\n"
+            "  env.py most likely migrated another database: it takes its URL from somewhere else "
+            "than the connection pytest-dbbranch hands over (config.attributes['connection']) or "
+            "sqlalchemy.url.\n"
+            f"  -> if env.py reads its URL from an environment variable, name it in dbbranch_url_env "
+            f"(now: {names}); if it reads an application settings object, use the handed-over "
+            "connection (README: 'Alembic: env.py'). Nothing was sealed; check the other database."
+        )
+
+    def _ids(self, target: str) -> tuple[str, ...]:
+        if target == "base":
+            return ()
+        return tuple(sorted(rev.revision for rev in self.script.get_revisions(target) if rev is not None))
 
     def resolve(self, target: str, where: str) -> tuple[str, ...]:
         """Revision ids a target stands for; refuses ambiguous 'head' and unknown ids."""
@@ -70,7 +123,9 @@ class AlembicMigrator:
         return tuple(sorted(rev.revision for rev in revisions if rev is not None))
 
 
-def load_alembic(ini_path: Path, where: str) -> AlembicMigrator:
+def load_alembic(
+    ini_path: Path, where: str, *, url_env: tuple[str, ...] = ("DATABASE_URL",)
+) -> AlembicMigrator:
     """Read alembic.ini and its script directory with errors that name the file."""
     from alembic.config import Config
     from alembic.script import ScriptDirectory
@@ -95,7 +150,7 @@ def load_alembic(ini_path: Path, where: str) -> AlembicMigrator:
         raise ConfigError(f"{ini_path}: script_location is not usable: {exc}") from None
     if not (Path(script.dir) / "env.py").is_file():
         raise ConfigError(f"{ini_path}: no env.py in the script directory {script.dir}")
-    return AlembicMigrator(ini_path=ini_path, config=config, script=script)
+    return AlembicMigrator(ini_path=ini_path, config=config, script=script, url_env=url_env)
 
 
 class _RevisionTracker(logging.Handler):
@@ -129,7 +184,7 @@ def _run(migrator: AlembicMigrator, address: ServerAddress, target: str, directi
     if logger.getEffectiveLevel() > logging.INFO:
         logger.setLevel(logging.INFO)
     try:
-        with engine.begin() as connection:
+        with engine.begin() as connection, _url_environment(migrator.url_env, address):
             config.attributes["connection"] = connection
             getattr(command, direction)(config, target)
     except Exception as exc:
@@ -140,15 +195,51 @@ def _run(migrator: AlembicMigrator, address: ServerAddress, target: str, directi
         engine.dispose()
 
 
-def current_revisions(conn: Any, version_table: str = "alembic_version") -> tuple[str, ...]:
-    """Revisions recorded in the database (empty when Alembic never ran there)."""
+@contextlib.contextmanager
+def _url_environment(variables: tuple[str, ...], address: ServerAddress) -> Iterator[None]:
+    """Point the named environment variables at the branch while env.py runs, each with the
+    scheme (driver) of its current value, and put them back afterwards."""
+    saved = {name: os.environ.get(name) for name in variables}
+    try:
+        for name, value in saved.items():
+            scheme = value.split("://", 1)[0] if value and "://" in value else "postgresql"
+            os.environ[name] = address.url(scheme=scheme)
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+_VERSION_TABLES = """
+SELECT format('%I.%I', n.nspname, c.relname)
+FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE a.attname = 'version_num' AND NOT a.attisdropped AND c.relkind IN ('r', 'p')
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+ORDER BY 1
+"""
+
+
+def version_rows(conn: Any) -> tuple[str, ...]:
+    """Revisions recorded in the database (empty when Alembic never ran there). The version
+    table is ``alembic_version`` on the search path, or else any table Alembic made (its
+    ``version_num`` column): env.py may rename it or put it in another schema."""
     from psycopg import sql
 
-    exists = conn.execute("SELECT to_regclass(%s)", (version_table,)).fetchone()
-    if not exists or exists[0] is None:
-        return ()
-    rows = conn.execute(sql.SQL("SELECT version_num FROM {}").format(sql.Identifier(version_table)))
-    return tuple(sorted(row[0] for row in rows.fetchall()))
+    found = conn.execute("SELECT to_regclass('alembic_version')::text").fetchone()
+    tables = (
+        [found[0]] if found and found[0] else [row[0] for row in conn.execute(_VERSION_TABLES).fetchall()]
+    )
+    revisions: set[str] = set()
+    for table in tables:
+        query = sql.SQL("SELECT version_num FROM {}").format(sql.SQL(table))
+        revisions.update(row[0] for row in conn.execute(query).fetchall())
+    return tuple(sorted(revisions))
+
+
+current_revisions = version_rows
 
 
 def revisions_since(migrator: AlembicMigrator, base: tuple[str, ...], target: str) -> list[Any]:
@@ -179,7 +270,14 @@ def _migration_error(
     if statement:
         lines.append(f"  statement: {' '.join(str(statement).split())[:500]}")
     lines.append(f"  error: {type(original).__name__}: {address.redact(str(original)).strip()}")
-    lines.append("  -> fix that migration; the template was not built and no branch was left.")
+    if type(original).__name__ == "InsufficientPrivilege":
+        lines.append(
+            f"  -> not a fault of the migration: the role {address.user or '(default)'} lacks a privilege "
+            "on an object the statement uses, which another role owns (the copy keeps the owners of "
+            "the source it was made from). Use a source this role owns, or grant it the privilege."
+        )
+    else:
+        lines.append("  -> fix that migration.")
     return MigrationError("\n".join(lines))
 
 
