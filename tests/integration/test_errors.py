@@ -146,7 +146,7 @@ CASES: list[tuple[Callable[[Setup], Settings], type[DbBranchError], list[str]]] 
     (
         source_file_that_is_not_a_dump,
         SourceError,
-        ["prod.dump is neither a plain SQL dump nor a pg_dump custom-format archive"],
+        ["prod.dump is neither a plain SQL dump nor a pg_dump archive"],
     ),
     (missing_script_directory, ConfigError, ["{bare}/alembic.ini: script_location is not usable*nowhere"]),
     (role_without_createdb, ServerError, ["cannot create database*permission denied*needs CREATEDB"]),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 from typing import Any
 
 import psycopg
@@ -183,37 +182,53 @@ def test_server_that_refused_is_not_asked_again(make_manager: MakeManager) -> No
     assert second.value is first.value
 
 
-def test_reaper_drops_only_branches_of_dead_runs_on_this_host(
+def test_reaper_drops_branches_of_dead_runs_wherever_they_ran(
     make_manager: MakeManager, backend: PostgresBackend, clean_embedded: str
 ) -> None:
-    """At a run's first backend use, its reaping process drops branches whose process is gone
-    from this machine; kept branches, templates, other machines' and live processes'
-    branches, and databases without our tag stay."""
-    finished = subprocess.Popen(["true"])
-    finished.wait()
-    dead = finished.pid
+    """A run is alive while one of its processes holds its run lock on the server, whatever
+    machine, container or PID namespace it runs in. At a run's first backend use, its
+    reaping process drops branches of every dead run, and untagged databases with our
+    generated names whose run is dead (a kill between CREATE DATABASE and its tag). Kept
+    branches, templates, live runs' branches and databases that are not ours stay."""
+    live = make_manager(run_id="liverun")
+    live.backend()  # holds run:liverun from now on
     tags = {
-        "dbb-dead-run-branch": Tag(kind="branch", run="deadrun", parent="template0", pid=dead),
-        "dbb-dead-run-kept": Tag(kind="branch", run="deadrun", parent="template0", pid=dead, kept=True),
-        "dbb-other-machine": Tag(kind="branch", run="farrun", parent="template0", pid=dead, host="elsewhere"),
-        "dbb-live-process": Tag(kind="branch", run="liverun", parent="template0", pid=os.getpid()),
-        "dbbt-dead-run-template": Tag(kind="template", run="deadrun", parent="template0", pid=dead),
+        # Same host, a live pid, but no run lock: another PID namespace, same hostname.
+        names.branch_name("nsrun", None, "function", "t::a"): Tag(
+            kind="branch", run="nsrun", parent="template0", pid=os.getpid()
+        ),
+        # Another machine, dead: provable now through the server.
+        names.branch_name("farrun", None, "function", "t::b"): Tag(
+            kind="branch", run="farrun", parent="template0", pid=1, host="elsewhere"
+        ),
+        names.branch_name("deadrun", None, "function", "t::kept"): Tag(
+            kind="branch", run="deadrun", parent="template0", kept=True
+        ),
+        names.branch_name("liverun", None, "function", "t::c"): Tag(
+            kind="branch", run="liverun", parent="template0", host="elsewhere", pid=1
+        ),
+        "dbbt-dead-run-template": Tag(kind="template", run="deadrun", parent="template0"),
     }
     for name, tag in tags.items():
         backend.fork(name, "template0", tag)
-    lookalike = "dbb-lookalike-not-ours"
-    create_database(clean_embedded, lookalike)
+    dead, far, kept, live_branch, template = tags
+    orphan = names.branch_name("deadrun", "gw1", "function", "t::killed-before-its-tag")
+    live_orphan = names.branch_name("liverun", "gw1", "function", "t::being-tagged")
+    lookalikes = ["dbb-lookalike-m-f-test-0123456789", "dbb-lookalike-not-ours"]
+    for name in [orphan, live_orphan, *lookalikes]:
+        create_database(clean_embedded, name)
     try:
         for quiet in (make_manager(worker_id="gw1"), make_manager(reap_on_start=False)):
             quiet.backend()
             assert quiet.stats.branches_reaped == 0
-        assert set(tags) <= set(databases(clean_embedded))
+        assert set(tags) | {orphan} <= set(databases(clean_embedded))
 
         reaper = make_manager(worker_id="gw0")
         reaper.backend()
-        assert reaper.stats.branches_reaped == 1
         left = set(databases(clean_embedded))
-        assert "dbb-dead-run-branch" not in left
-        assert set(tags) - {"dbb-dead-run-branch"} | {lookalike} <= left
+        assert not {dead, far, orphan} & left
+        assert {kept, live_branch, template, live_orphan, *lookalikes} <= left
+        assert reaper.stats.branches_reaped == 3
     finally:
-        drop_database(clean_embedded, lookalike)
+        for name in [live_orphan, *lookalikes]:
+            drop_database(clean_embedded, name)

@@ -48,6 +48,12 @@ def test_template_reused_across_runs_and_rebuilt_on_change(
     replacement = third.template()
     assert replacement != template
     assert alembic_project.runs == 2
+    # The first two runs are still alive and may fork the old template: it stays.
+    assert sorted(our_branches(url, "template")) == sorted([template, replacement])
+    first.close()
+    second.close()
+    # The next run to find the template sees the old one unused, and drops it.
+    assert make_manager().template() == replacement
     assert our_branches(url, "template") == [replacement]
     with third.branch() as branch, branch.connect() as conn:
         conn.execute("SELECT colour FROM widgets")
@@ -105,14 +111,21 @@ def test_stale_templates_of_the_group_are_dropped_other_groups_kept(
     settings: Settings,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    """A new build replaces the older templates of its group (same alembic.ini, source and
-    target) only: another project's template on the same server stays."""
+    """A new build replaces the older templates of its group (the same migration history,
+    source and target) once no live run uses them: another project's template (another
+    history) and another target's stay."""
     url = str(settings.url)
-    other = AlembicProject(tmp_path_factory.mktemp("other") / "project").add_widgets()
-    other_template = make_manager(alembic_ini=str(other.ini), root=other.root).template()
-    old = make_manager().template()
-    older_target = make_manager(revision="r1").template()
-    assert sorted(our_branches(url, "template")) == sorted([other_template, old, older_target])
+    other = AlembicProject(tmp_path_factory.mktemp("other") / "project")
+    other.add("o1", None, "CREATE TABLE others (id int)")
+    builders = [
+        make_manager(alembic_ini=str(other.ini), root=other.root),
+        make_manager(),
+        make_manager(revision="r1"),
+    ]
+    other_template, old, older_target = (manager.template() for manager in builders)
+    assert len({other_template, old, older_target}) == 3
+    for manager in builders:
+        manager.close()
 
     alembic_project.add("r3", "r2", "CREATE TABLE gadgets (id int)")
     new = make_manager().template()

@@ -2,8 +2,9 @@
 
 The reaper at session start, ``dbbranch gc`` and a user's script all call ``find_garbage``;
 each ``Garbage`` carries a machine-readable ``cause`` (the reaper takes only ``dead-run``), so
-a wrong cause deletes the wrong thing. Liveness is injected (``host``, ``alive``), and time
-is passed as ``now``: no process is killed and nothing waits.
+a wrong cause deletes the wrong thing. Liveness is injected (``run_alive``: the server's run
+locks where it has them, else host and pid), and time is passed as ``now``: no process is
+killed and nothing waits.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from pytest_dbbranch.backends.base import BranchRecord, Tag
-from pytest_dbbranch.branching.cleanup import find_garbage, stale_templates
+from pytest_dbbranch.branching.cleanup import find_garbage, run_is_gone, stale_templates
 
 HERE = "here"
 LIVE_PID = 1  # the only live process on this host
@@ -22,6 +23,11 @@ NOW = 2000.0
 
 def alive(pid: int) -> bool:
     return pid == LIVE_PID
+
+
+def by_pid(tag: Tag) -> bool:
+    """Liveness without server locks: only a pid on this host can be proven dead."""
+    return not run_is_gone(tag, host=HERE, alive=alive)
 
 
 def record(name: str, kind: str = "branch", *, expires_at: float | None = None, **tag: Any) -> BranchRecord:
@@ -40,7 +46,7 @@ def record(name: str, kind: str = "branch", *, expires_at: float | None = None, 
 
 def causes(records: Iterable[BranchRecord], **options: Any) -> dict[str, str]:
     """Name -> cause of everything ``find_garbage`` would delete, seen from this host at NOW."""
-    found = find_garbage(records, **{"now": NOW, "host": HERE, "alive": alive, **options})
+    found = find_garbage(records, **{"now": NOW, "run_alive": by_pid, **options})
     result: dict[str, str] = {item.record.name: item.cause for item in found}
     assert len(result) == len(found), "a record is listed twice"
     return result
@@ -49,7 +55,7 @@ def causes(records: Iterable[BranchRecord], **options: Any) -> dict[str, str]:
 def reasons(records: Iterable[BranchRecord], **options: Any) -> dict[str, str]:
     return {
         item.record.name: item.reason
-        for item in find_garbage(records, **{"now": NOW, "host": HERE, "alive": alive, **options})
+        for item in find_garbage(records, **{"now": NOW, "run_alive": by_pid, **options})
     }
 
 
@@ -65,8 +71,22 @@ def test_branches_of_a_run_proven_dead_on_this_host_are_garbage() -> None:
         record("dbb-no-pid", pid=0),
     ]
     assert causes(records) == {"dbb-dead": "dead-run"}
-    reason = reasons(records)["dbb-dead"]
-    assert "r9" in reason and str(DEAD_PID) in reason and HERE in reason
+    assert "r9" in reasons(records)["dbb-dead"]
+
+
+def test_with_server_side_liveness_a_dead_run_is_garbage_wherever_it_ran() -> None:
+    """Where the server knows which runs hold their run lock, the host and pid do not matter:
+    a run in another container with the same hostname and a live-looking pid is dead if it
+    holds no lock, and a run on another machine is alive if it does."""
+    live_runs = {"r1", "far"}
+    records = [
+        record("dbb-here-live"),
+        record("dbb-same-host-other-namespace", run="r7", pid=LIVE_PID),
+        record("dbb-far-live", run="far", host="elsewhere", pid=DEAD_PID),
+        record("dbb-far-dead", run="gone", host="elsewhere", pid=LIVE_PID),
+    ]
+    found = causes(records, run_alive=lambda tag: tag.run in live_runs)
+    assert found == {"dbb-same-host-other-namespace": "dead-run", "dbb-far-dead": "dead-run"}
 
 
 def test_old_branches_go_only_with_older_than() -> None:
@@ -131,23 +151,29 @@ def test_a_replaced_template_is_stale_and_names_its_replacement() -> None:
     ]
     assert causes(records) == {"dbbt-old": "stale-template"}
     assert "replaced by dbbt-new" in reasons(records)["dbbt-old"]
-    # A sealed template nothing replaced is reused across runs, however old.
-    assert causes(records, older_than=1) == {"dbbt-old": "stale-template"}
+    # A sealed template nothing replaced is reused across runs; with --older-than it goes
+    # (a copy of the project elsewhere, a marker's old revision), unless a run uses it.
+    assert causes(records, older_than=1) == {
+        "dbbt-old": "stale-template",
+        "dbbt-new": "unused-template",
+        "dbbt-other-group": "unused-template",
+    }
+    in_use = {"dbbt-old", "dbbt-new"}
+    assert causes(records, older_than=1, in_use=in_use.__contains__) == {
+        "dbbt-other-group": "unused-template"
+    }
 
 
-def test_a_half_built_template_goes_once_its_builder_is_gone_or_it_is_old() -> None:
-    """Unsealed: still being built by a live run, or left by a crashed build."""
+def test_a_half_built_template_goes_once_its_builder_is_gone() -> None:
+    """Unsealed: still being built by a live run (however long it takes), or left by a
+    crashed build. Age proves nothing: a build that cannot be proven dead stays."""
     records = [
         record("dbbt-crashed", "template", group="a", pid=DEAD_PID),
         record("dbbt-building", "template", group="b"),
         record("dbbt-elsewhere", "template", group="c", host="elsewhere", pid=DEAD_PID),
     ]
     assert causes(records) == {"dbbt-crashed": "half-built"}
-    assert causes(records, older_than=500) == {
-        "dbbt-crashed": "half-built",
-        "dbbt-building": "half-built",
-        "dbbt-elsewhere": "half-built",
-    }
+    assert causes(records, older_than=500) == {"dbbt-crashed": "half-built"}
 
 
 def test_a_template_being_built_is_not_garbage_because_an_older_one_is_sealed() -> None:
@@ -172,7 +198,9 @@ def test_an_old_restored_dump_goes_only_once_no_template_uses_it() -> None:
         record("dbbt-t", "template", group="g", ready=True, parent="dbbs-used"),
     ]
     assert causes(records) == {}
-    assert causes(records, older_than=500) == {"dbbs-unused": "unused-source"}
+    assert causes(records, older_than=500) == {"dbbs-unused": "unused-source", "dbbt-t": "unused-template"}
+    # Only while no live run holds it.
+    assert causes(records, older_than=500, in_use={"dbbs-unused", "dbbt-t"}.__contains__) == {}
 
 
 # ------------------------------------------------------------------------------ together
@@ -204,6 +232,8 @@ def test_find_garbage_rules_together() -> None:
         "dbb-dead-kept": "dead-run",
         "dbb-other-host": "old",
         "dbbt-old": "stale-template",
+        "dbbt-new": "unused-template",
+        "dbbt-other-group": "unused-template",
         "dbbt-half": "half-built",
         "dbb-expired": "expired",
     }
@@ -211,7 +241,7 @@ def test_find_garbage_rules_together() -> None:
 
 def test_garbage_to_dict_carries_the_cause() -> None:
     """``dbbranch gc --json`` output: what, whose, why (for programs and for people)."""
-    (item,) = find_garbage([record("dbb-dead", pid=DEAD_PID)], now=NOW, host=HERE, alive=alive)
+    (item,) = find_garbage([record("dbb-dead", pid=DEAD_PID)], now=NOW, run_alive=by_pid)
     assert item.to_dict() == {
         "name": "dbb-dead",
         "kind": "branch",

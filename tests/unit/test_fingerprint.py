@@ -7,6 +7,7 @@ machine finds the same template). Groups tell which templates replace each other
 
 from __future__ import annotations
 
+import configparser
 import json
 import os
 import random
@@ -50,13 +51,23 @@ def alembic_files(root: Path) -> list[tuple[str, Path]]:
     return [(p.relative_to(base).as_posix(), p) for p in base.rglob("*") if p.is_file()]
 
 
+def ini_values(root: Path) -> list[tuple[str, str]]:
+    """What ``AlembicMigrator.settings_text`` reads: [alembic] as written, minus the URL."""
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(root / "alembic.ini")
+    if not parser.has_section("alembic"):
+        return []
+    return sorted((k, v) for k, v in parser.items("alembic") if k != "sqlalchemy.url")
+
+
 def inputs(root: Path, **changes: Any) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
         "source_identity": "dump:sha256:abc",
         "revisions": ["0002"],
         "server_version": 16,
-        "alembic_files": alembic_files(root),
-        "alembic_ini": root / "alembic.ini",
+        "role": "app",
+        "files": alembic_files(root),
+        "ini_values": ini_values(root),
     }
     kwargs.update(changes)
     return kwargs
@@ -87,14 +98,14 @@ def test_equal_inputs_give_equal_fingerprints_wherever_the_checkout_is(project: 
 def test_order_of_files_and_revisions_does_not_matter(project: Path) -> None:
     """Directory listings and Alembic's head lists come in no particular order."""
     files = alembic_files(project)
-    expected = fp(project, alembic_files=files)
+    expected = fp(project, files=files)
     for seed in range(5):
         shuffled = files[:]
         random.Random(seed).shuffle(shuffled)
-        assert fp(project, alembic_files=shuffled) == expected, seed
-    assert fp(project, alembic_files=list(reversed(files))) == expected
+        assert fp(project, files=shuffled) == expected, seed
+    assert fp(project, files=list(reversed(files))) == expected
     # Any iterable will do, including a one-shot iterator.
-    assert fp(project, alembic_files=iter(files)) == fp(project, alembic_files=tuple(files)) == expected
+    assert fp(project, files=iter(files)) == fp(project, files=tuple(files)) == expected
 
     a = fp(project, revisions=["0002", "0003b"])
     assert a == fp(project, revisions=("0003b", "0002")) == fp(project, revisions=iter(["0003b", "0002"]))
@@ -110,13 +121,13 @@ def test_fingerprint_is_stable_across_processes(project: Path) -> None:
         "from pytest_dbbranch.names import template_name\n"
         "files = [(r, Path(p)) for r, p in json.loads(sys.argv[1])]\n"
         "fp = fingerprint(source_identity='dump:sha256:abc', revisions=['0002'], server_version=16,\n"
-        "                 alembic_files=files, alembic_ini=Path(sys.argv[2]))\n"
+        "                 role='app', files=files, ini_values=json.loads(sys.argv[2]))\n"
         "key = template_group('ini', 'src', 'head')\n"
         "print(json.dumps([fp, key, template_name(key, fp)]))\n"
     )
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
     result = subprocess.run(
-        [sys.executable, "-c", script, json.dumps(files), str(project / "alembic.ini")],
+        [sys.executable, "-c", script, json.dumps(files), json.dumps(ini_values(project))],
         capture_output=True,
         text=True,
         env=env,
@@ -142,7 +153,10 @@ def test_each_scalar_input_changes_the_fingerprint(project: Path) -> None:
         ("revisions", []),
         ("server_version", 17),
         ("server_version", 160),
-        ("alembic_ini", None),
+        ("role", "other_role"),
+        ("role", ""),
+        ("ini_values", []),
+        ("ini_values", [("script_location", "elsewhere")]),
     ]
     for field, value in changes:
         assert fp(project, **{field: value}) != before, (field, value)
@@ -234,8 +248,8 @@ def test_inputs_are_framed_so_they_cannot_run_into_each_other(project: Path, tmp
         ),
         (make_project(tmp_path / "2a", {"ab": "c"}), make_project(tmp_path / "2b", {"a": "bc"})),
         (
-            make_project(tmp_path / "3a", {"x.py": "same"}, ini=""),
-            make_project(tmp_path / "3b", {"x.py": ""}, ini="same"),
+            make_project(tmp_path / "3a", {"x.py": "same"}, ini="[alembic]\nx = \n"),
+            make_project(tmp_path / "3b", {"x.py": ""}, ini="[alembic]\nx = same\n"),
         ),
     ]
     for one, two in pairs:
@@ -246,12 +260,19 @@ def test_inputs_are_framed_so_they_cannot_run_into_each_other(project: Path, tmp
     )
 
 
-def test_alembic_ini_content_counts_and_empty_differs_from_none(project: Path) -> None:
+def test_alembic_ini_values_count_but_not_the_url_or_other_sections(project: Path) -> None:
+    """What shapes the schema counts; the URL (replaced by the plugin) and the logging
+    sections do not, so checkouts that differ only there share a template."""
     before = fp(project)
-    (project / "alembic.ini").write_text(INI + "sqlalchemy.url = driver://x\n")
+    (project / "alembic.ini").write_text(INI + "sqlalchemy.url = driver://x\n[loggers]\nkeys = root\n")
+    assert fp(project) == before
+    (project / "alembic.ini").write_text(INI + "prepend_sys_path = .\n")
     assert fp(project) != before
-    (project / "alembic.ini").write_text("")
-    assert fp(project) != fp(project, alembic_ini=None)
+    (project / "alembic.ini").write_text("[alembic]\nscript_location = %(here)s/migrations\n")
+    here = fp(project)
+    copy = project.parent / "another-checkout"
+    shutil.copytree(project, copy)
+    assert fp(copy) == here != before
 
 
 def test_many_single_changes_give_many_distinct_fingerprints(project: Path) -> None:
