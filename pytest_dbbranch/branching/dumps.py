@@ -38,15 +38,22 @@ GOOD_DUMP = (
 #: psql meta-commands a dump of one database may contain.
 _ALLOWED_META = {"restrict", "unrestrict", "set", "unset", "encoding", "echo", "pset", "qecho"}
 #: Statements that act on the server or on other databases, never on the one restored.
+#: Matched against a whole statement whose literals, identifiers and comments are blanked.
 _FORBIDDEN = re.compile(
-    r"(?:^|;)\s*(?P<what>(?:CREATE|DROP|ALTER)\s+(?:DATABASE|ROLE|USER|GROUP|TABLESPACE|SUBSCRIPTION)"
+    r"^(?P<what>(?:CREATE|DROP|ALTER)\s+(?:DATABASE|ROLE|USER(?!\s+MAPPING\b)|GROUP|TABLESPACE|SUBSCRIPTION)"
     r"|ALTER\s+SYSTEM|DROP\s+OWNED|REASSIGN\s+OWNED|CHECKPOINT)\b",
     re.IGNORECASE,
 )
-_COPY_START = re.compile(r"^\s*COPY\b.*\bFROM\s+stdin\s*;\s*$", re.IGNORECASE)
-_COPY_ELSEWHERE = re.compile(r"^\s*COPY\b.*\b(?:FROM|TO)\s+(?:PROGRAM\b|')", re.IGNORECASE)
-_SET = re.compile(r"^\s*SET\s+(?:SESSION\s+)?([A-Za-z_][A-Za-z0-9_.]*)\s*(?:=|TO)\s", re.IGNORECASE)
+_COPY_STDIN = re.compile(r"^COPY\b.*\bFROM\s+STDIN\b", re.IGNORECASE)
+_COPY_ELSEWHERE = re.compile(r"^COPY\b.*\b(?:FROM|TO)\s+(?:PROGRAM\b|')", re.IGNORECASE)
+_SET = re.compile(r"^SET\s+(?:SESSION\s+|LOCAL\s+)?([A-Za-z_][A-Za-z0-9_.]*)\s*(?:=|TO\b)", re.IGNORECASE)
+_CONFORMING_OFF = re.compile(r"^SET\s+(?:SESSION\s+)?standard_conforming_strings\s*(?:=|TO)\s*'?off", re.I)
 _DOLLAR = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)?\$")
+#: Where something other than plain code may start, in psql's lexer.
+_SPECIAL = re.compile(r"--|/\*|[';\\\"$]")
+_QUOTE_END = re.compile(r"'")
+_ESCAPED_QUOTE_END = re.compile(r"\\.|'", re.DOTALL)
+_COMMENT_EDGE = re.compile(r"/\*|\*/")
 
 
 class UnsafeDump(SourceError):
@@ -80,19 +87,42 @@ def _looks_like_sql(head: bytes) -> bool:
     return any(word in upper for word in keywords)
 
 
+Mode = Literal["code", "quote", "escaped", "ident", "dollar", "comment"]
+
+
+def _word_char(char: str) -> bool:
+    return char.isalnum() or char in "_$"
+
+
 class Gate:
-    """Reads a psql script line by line: passes what acts on the current database, drops
-    ``SET`` lines the server cannot take, refuses the rest (``UnsafeDump``)."""
+    """Reads a psql script as psql's lexer does (quoted strings, quoted identifiers,
+    dollar-quoted bodies, comments, COPY data) and checks each whole statement before any
+    line of it reaches psql: passes what acts on the current database, drops a ``SET`` of a
+    setting the server cannot take, refuses the rest (``UnsafeDump``).
+
+    It guards against dumps made with the wrong options and scripts made by hand, not against
+    SQL written to attack: a function body the dump defines runs with the restoring role's
+    rights, like any migration would.
+    """
 
     def __init__(self, *, known_settings: set[str], where: str, path: Path) -> None:
         self.known = {name.lower() for name in known_settings}
         self.where = where
         self.path = path
         self.line_number = 0
-        self._in_copy = False
-        self._dollar: str | None = None
-        self._in_quote = False
         self.dropped: list[str] = []
+        self._mode: Mode = "code"
+        self._dollar = ""
+        self._depth = 0
+        self._conforming = True
+        self._in_copy = False
+        self._copy_next = False
+        self._statement: list[str] = []
+        self._statement_line = 0
+        self._statement_text = ""
+        self._line_text = ""
+        self._done: list[str] = []
+        self._held: list[bytes] = []
 
     def lines(self, raw: Iterable[bytes]) -> Iterator[bytes]:
         for line in raw:
@@ -102,85 +132,141 @@ class Gate:
                     self._in_copy = False
                 yield line
                 continue
-            text = line.decode("utf-8", errors="replace")
-            code = self._code_of(text)
-            if code is None:  # wholly inside a quoted string or a function body
-                yield line
-                continue
-            stripped = code.strip()
-            if stripped.startswith("\\"):
-                self._check_meta(stripped)
-                yield line
-                continue
-            self._check_statement(code, text)
-            setting = _SET.match(code)
-            if setting and setting.group(1).lower() not in self.known:
-                self.dropped.append(setting.group(1))
-                continue
-            if _COPY_START.match(code):
-                self._in_copy = True
-            yield line
+            self._held.append(line)
+            self._line_text = line.decode("utf-8", errors="replace")
+            self._scan(self._line_text)
+            if self._mode == "code" and not self._pending():
+                yield from self._release()
+        if self._pending():  # psql runs a last statement that lacks its semicolon
+            self._end_statement()
+        yield from self._release()
 
-    def _code_of(self, text: str) -> str | None:
-        """The parts of a line outside string literals and dollar-quoted bodies, tracking
-        quotes that span lines. None when the whole line is inside one."""
-        out: list[str] = []
-        i = 0
-        started_inside = self._in_quote or self._dollar is not None
-        while i < len(text):
-            if self._dollar is not None:
-                end = text.find(self._dollar, i)
-                if end < 0:
-                    break
-                i = end + len(self._dollar)
-                self._dollar = None
-                continue
-            if self._in_quote:
-                end = text.find("'", i)
-                if end < 0:
-                    break
-                if text.startswith("''", end):
-                    i = end + 2
+    def _pending(self) -> bool:
+        return any(part.strip() for part in self._statement)
+
+    def _release(self) -> Iterator[bytes]:
+        """Hand psql the held lines: every statement in them has been checked."""
+        held, done = self._held, self._done
+        self._held, self._done = [], []
+        if len(done) == 1 and (setting := _SET.match(done[0])) is not None:
+            name = setting.group(1).lower()
+            # A name with a dot is a custom setting, which every server accepts.
+            if "." not in name and name not in self.known:
+                self.dropped.append(setting.group(1))
+                held = []
+        yield from held
+        if self._copy_next:
+            self._copy_next = False
+            self._in_copy = True
+
+    def _add(self, code: str) -> None:
+        if code.strip() and not self._pending():
+            self._statement_line = self.line_number
+            self._statement_text = self._line_text
+        self._statement.append(code)
+
+    def _scan(self, text: str) -> None:
+        i, size = 0, len(text)
+        while i < size:
+            if self._mode == "code":
+                match = _SPECIAL.search(text, i)
+                if match is None:
+                    self._add(text[i:])
+                    return
+                self._add(text[i : match.start()])
+                token, i = match.group(), match.end()
+                before = text[match.start() - 1] if match.start() else " "
+                if token == "--":
+                    self._add(" ")
+                    return
+                if token == "/*":
+                    self._mode, self._depth = "comment", 1
+                    self._add(" ")
+                elif token == "'":
+                    prefix = text[match.start() - 2] if match.start() > 1 else " "
+                    escaped = before in "eE" and not _word_char(prefix)
+                    self._mode = "escaped" if escaped or not self._conforming else "quote"
+                    self._add("'?'")
+                elif token == '"':
+                    self._mode = "ident"
+                    self._add('"?"')
+                elif token == "$":
+                    tag = _DOLLAR.match(text, match.start())
+                    if tag is not None and not _word_char(before):
+                        self._mode, self._dollar, i = "dollar", tag.group(), tag.end()
+                        self._add("$?$")
+                    else:
+                        self._add("$")
+                elif token == ";":
+                    self._end_statement()
+                else:  # a backslash: psql takes the rest of the line as a meta-command
+                    self._check_meta(text[match.start() :].strip())
+                    return
+            elif self._mode in ("quote", "escaped"):
+                pattern = _ESCAPED_QUOTE_END if self._mode == "escaped" else _QUOTE_END
+                while (end := pattern.search(text, i)) is not None and end.group() != "'":
+                    i = end.end()
+                if end is None:
+                    return
+                if text.startswith("''", end.start()):
+                    i = end.start() + 2
                     continue
-                i = end + 1
-                self._in_quote = False
-                continue
-            char = text[i]
-            if char == "-" and text.startswith("--", i):
-                break
-            if char == "'":
-                self._in_quote = True
-                i += 1
-                continue
-            if char == "$":
-                match = _DOLLAR.match(text, i)
-                if match:
-                    self._dollar = match.group(0)
-                    i = match.end()
+                self._mode, i = "code", end.end()
+            elif self._mode == "ident":
+                end_at = text.find('"', i)
+                if end_at < 0:
+                    return
+                if text.startswith('""', end_at):
+                    i = end_at + 2
                     continue
-            out.append(char)
-            i += 1
-        code = "".join(out)
-        if started_inside and not code.strip():
-            return None
-        return code
+                self._mode, i = "code", end_at + 1
+            elif self._mode == "dollar":
+                end_at = text.find(self._dollar, i)
+                if end_at < 0:
+                    return
+                self._mode, i = "code", end_at + len(self._dollar)
+            else:  # a block comment, which nests in PostgreSQL
+                edge = _COMMENT_EDGE.search(text, i)
+                if edge is None:
+                    return
+                self._depth += 1 if edge.group() == "/*" else -1
+                i = edge.end()
+                if self._depth == 0:
+                    self._mode = "code"
+
+    def _end_statement(self) -> None:
+        code = " ".join("".join(self._statement).split())
+        self._statement = []
+        if not code:
+            return
+        self._check_statement(code)
+        self._done.append(code)
+        if _CONFORMING_OFF.match(code):
+            self._conforming = False
+        elif code.lower().startswith("set") and "standard_conforming_strings" in code.lower():
+            self._conforming = True
+        if _COPY_STDIN.match(code):
+            self._copy_next = True
 
     def _check_meta(self, stripped: str) -> None:
-        command = stripped[1:].split(None, 1)[0] if len(stripped) > 1 else ""
+        command = re.split(r"[\s\\]", stripped[1:], maxsplit=1)[0] if len(stripped) > 1 else ""
         if command.lower() not in _ALLOWED_META:
-            self._refuse(f"the psql command \\{command}")
+            self._refuse(f"the psql command \\{command}", self.line_number)
 
-    def _check_statement(self, code: str, text: str) -> None:
-        match = _FORBIDDEN.search(code)
+    def _check_statement(self, code: str) -> None:
+        match = _FORBIDDEN.match(code)
         if match:
-            self._refuse(f"{' '.join(match.group('what').split()).upper()} ({text.strip()[:80]})")
+            what = " ".join(match.group("what").split()).upper()
+            self._refuse(f"{what} ({self._statement_text.strip()[:80]})")
         if _COPY_ELSEWHERE.match(code):
-            self._refuse(f"a COPY that reads or writes outside the dump ({text.strip()[:80]})")
+            self._refuse(
+                f"a COPY that reads or writes outside the dump ({self._statement_text.strip()[:80]})"
+            )
 
-    def _refuse(self, what: str) -> None:
+    def _refuse(self, what: str, line: int | None = None) -> None:
         raise UnsafeDump(
-            f"{self.where}: {self.path} line {self.line_number} has {what}, which acts on more than "
-            f"the database it is restored into; nothing was restored from it. {GOOD_DUMP}"
+            f"{self.where}: {self.path} line {line or self._statement_line} has {what}, which acts "
+            f"on more than the database it is restored into; nothing was restored from it. {GOOD_DUMP}"
         )
 
 
