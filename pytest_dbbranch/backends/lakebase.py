@@ -128,6 +128,7 @@ class LakebaseBackend:
         me = self._api("identify the current user", self.client.current_user.me)
         self.user: str = me.user_name or ""
         self.role = self.user
+        self.timeout = OPERATION_TIMEOUT
         self._mutex = threading.RLock()
         self._tags: dict[str, Tag] = {}
         self._endpoints: dict[str, tuple[str, str]] = {}

@@ -13,6 +13,7 @@ older server.
 
 from __future__ import annotations
 
+import gzip
 import os
 import re
 import subprocess
@@ -28,7 +29,7 @@ from ..conninfo import ServerAddress
 from ..errors import SourceError
 from ..server.binaries import client
 
-Format = Literal["plain", "custom", "directory", "tar"]
+Format = Literal["plain", "gzip", "custom", "directory", "tar"]
 
 GOOD_DUMP = (
     "make the dump with `pg_dump --no-owner --no-privileges -f snapshot.sql DBNAME` (without "
@@ -63,6 +64,15 @@ def detect_format(path: Path, where: str) -> Format:
         head = handle.read(4096)
     if head.startswith(b"PGDMP"):
         return "custom"
+    if head.startswith(b"\x1f\x8b"):
+        with gzip.open(path, "rb") as unpacked:
+            try:
+                inner = unpacked.read(4096)
+            except (OSError, EOFError) as exc:
+                raise SourceError(f"{where}: {path} is a damaged gzip file ({exc})") from None
+        if b"\x00" not in inner and _looks_like_sql(inner):
+            return "gzip"
+        raise SourceError(f"{where}: {path} is gzip-compressed but not a plain SQL dump; {GOOD_DUMP}")
     if head[257:262] == b"ustar" and b"toc.dat" in head[:100]:
         return "tar"
     if b"\x00" not in head and _looks_like_sql(head):
@@ -203,8 +213,9 @@ def restore(path: Path, backend: Backend, dbname: str, where: str) -> None:
         producer: subprocess.Popen[bytes] | None = None
         try:
             assert consumer.stdin is not None
-            if form == "plain":
-                with path.open("rb") as source:
+            if form in ("plain", "gzip"):
+                opener = gzip.open if form == "gzip" else open
+                with opener(path, "rb") as source:
                     _pump(gate.lines(source), consumer.stdin)
             else:
                 argv = [client("pg_restore"), "--no-owner", "--no-privileges", "-f", "-", str(path)]

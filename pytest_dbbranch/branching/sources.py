@@ -21,11 +21,11 @@ from ..backends import Backend, Tag, use_lock
 from ..errors import SourceError
 from ..names import short_hash, source_name
 from ..settings import Settings
-from .dumps import restore
+from .dumps import detect_format, restore
 from .sealing import ensure_sealed
 from .stats import Stats
 
-_DUMP_SUFFIXES = (".sql", ".dump", ".pgdump", ".backup", ".psql")
+_DUMP_SUFFIXES = (".sql", ".dump", ".pgdump", ".backup", ".psql", ".gz", ".tar")
 
 
 @dataclass(frozen=True)
@@ -51,20 +51,26 @@ def parse_source(settings: Settings) -> Source:
         return Source("empty", "", "empty", where)
     if raw.startswith("db:"):
         return Source("database", raw[3:], "database:" + raw[3:], where)
-    is_path = raw.startswith("file:") or "/" in raw or raw.lower().endswith(_DUMP_SUFFIXES)
-    if is_path:
-        path = settings.resolve_path(raw.removeprefix("file:"))
-        if not path.is_file():
-            raise SourceError(f"{where}: the source dump file {path} does not exist")
-        return Source("dump", str(path), "dump:" + file_hash(path), where)
+    path = settings.resolve_path(raw.removeprefix("file:"))
+    # A file (or a pg_dump -Fd folder) that exists is a dump, whatever its name ends in.
+    if path.exists():
+        detect_format(path, where)
+        return Source("dump", str(path), "dump:" + content_hash(path), where)
+    if raw.startswith("file:") or "/" in raw or raw.lower().endswith(_DUMP_SUFFIXES):
+        raise SourceError(f"{where}: the source dump file {path} does not exist")
     return Source("database", raw, "database:" + raw, where)
 
 
-def file_hash(path: Path) -> str:
+def content_hash(path: Path) -> str:
+    """SHA-256 of a dump file, or of every file of a dump folder with its relative name."""
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(str(file.relative_to(path)).encode() + b"\0")
+        with file.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
     return digest.hexdigest()
 
 
