@@ -13,11 +13,13 @@ older server.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 import re
 import subprocess
 import tempfile
+import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Literal
@@ -68,7 +70,7 @@ def detect_format(path: Path, where: str) -> Format:
         with gzip.open(path, "rb") as unpacked:
             try:
                 inner = unpacked.read(4096)
-            except (OSError, EOFError) as exc:
+            except (OSError, EOFError, zlib.error) as exc:
                 raise SourceError(f"{where}: {path} is a damaged gzip file ({exc})") from None
         if b"\x00" not in inner and _looks_like_sql(inner):
             return "gzip"
@@ -215,8 +217,14 @@ def restore(path: Path, backend: Backend, dbname: str, where: str) -> None:
             assert consumer.stdin is not None
             if form in ("plain", "gzip"):
                 opener = gzip.open if form == "gzip" else open
-                with opener(path, "rb") as source:
-                    _pump(gate.lines(source), consumer.stdin)
+                try:
+                    with opener(path, "rb") as source:
+                        _pump(gate.lines(source), consumer.stdin)
+                except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+                    raise SourceError(
+                        f"{where}: {path} is a damaged gzip file ({exc or type(exc).__name__}); "
+                        "nothing was restored from it"
+                    ) from None
             else:
                 argv = [client("pg_restore"), "--no-owner", "--no-privileges", "-f", "-", str(path)]
                 producer = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=producer_errors, env=env)
@@ -224,7 +232,8 @@ def restore(path: Path, backend: Backend, dbname: str, where: str) -> None:
                 _pump(gate.lines(producer.stdout), consumer.stdin)
                 if producer.wait() != 0:
                     raise SourceError(f"{where}: reading {path} failed:\n{_tail(producer_errors, address)}")
-            consumer.stdin.close()
+            with contextlib.suppress(BrokenPipeError):  # psql stopped early: its message says why
+                consumer.stdin.close()
             if consumer.wait() != 0:
                 raise SourceError(f"{where}: restoring {path} failed:\n{_tail(psql_errors, address)}")
         except BaseException:

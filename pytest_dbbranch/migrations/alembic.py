@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..conninfo import ServerAddress
-from ..errors import ConfigError, MigrationError
+from ..errors import ConfigError, DbBranchError, MigrationError, ServerError
 
 _RUNNING = re.compile(r"Running (?:upgrade|downgrade) (\S*) -> (\S+)")
 
@@ -264,6 +264,16 @@ def revisions_since(migrator: AlembicMigrator, base: tuple[str, ...], target: st
     return [script for script in scripts if script.revision not in base]
 
 
+def _no_connection(error: BaseException) -> bool:
+    """A connection refused or lost (no slot left, server gone), not a statement that failed."""
+    import psycopg
+
+    sqlstate = getattr(error, "sqlstate", None) or ""
+    return sqlstate.startswith(("08", "53300", "57P")) or (
+        isinstance(error, psycopg.OperationalError) and not sqlstate
+    )
+
+
 def _migration_error(
     migrator: AlembicMigrator,
     address: ServerAddress,
@@ -271,12 +281,20 @@ def _migration_error(
     announced: str | None,
     exc: Exception,
     direction: str = "upgrade",
-) -> MigrationError:
+) -> DbBranchError:
+    original = getattr(exc, "orig", None) or exc
+    if _no_connection(original):
+        from ..backends.postgres import describe_connect_error
+
+        return ServerError(
+            f"Alembic could not connect to the branch it migrates ({direction[:-1]}ing to {target!r}); "
+            "nothing is wrong with the migrations: "
+            + describe_connect_error(address, address.dbname, original)
+        )
     found, frame = _revision_from_traceback(migrator, exc)
     revision = found or announced
     where = f"revision {revision}" if revision else f"the upgrade to {target}"
     statement = getattr(exc, "statement", None)
-    original = getattr(exc, "orig", None) or exc
     lines = [f"Alembic migration failed at {where} ({direction[:-1]}ing a branch to {target!r})."]
     if frame is not None:
         lines.append(f"  file: {frame.filename}, line {frame.lineno}: {(frame.line or '').strip()}")
