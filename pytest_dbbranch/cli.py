@@ -11,6 +11,7 @@ import argparse
 import configparser
 import json
 import os
+import shutil
 import sys
 import time
 import tomllib
@@ -56,11 +57,22 @@ def _strip(options: dict[str, Any]) -> dict[str, str]:
     return {k.removeprefix("dbbranch_"): str(v) for k, v in options.items() if k.startswith("dbbranch_")}
 
 
+#: The flags of this command line that set a setting: messages name these, not pytest's.
+FLAGS = {
+    "url": "--url",
+    "embedded_dir": "--embedded-dir",
+    "lakebase_project": "--lakebase-project",
+    "source": "--source",
+    "alembic_ini": "--alembic-ini",
+    "revision": "--revision",
+}
+
+
 def settings_from(args: argparse.Namespace) -> Settings:
     """Flags > environment > ini > defaults: the plugin's own precedence."""
     ini, root = ini_values(Path.cwd())
     options = {spec.name: getattr(args, spec.name, None) for spec in SPECS}
-    return resolve(options=options, env=os.environ, ini=ini, root=root)
+    return resolve(options=options, env=os.environ, ini=ini, root=root, option_names=FLAGS)
 
 
 def _manager(args: argparse.Namespace) -> BranchManager:
@@ -183,6 +195,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
             current_runs=[manager.run_id],
         )
         orphans = find_orphans(backend)
+        clusters = manager.stale_embedded_clusters()
         deleted: list[Garbage] = []
         failed: list[tuple[Garbage, str]] = []
         orphans_deleted: list[str] = []
@@ -190,6 +203,8 @@ def cmd_gc(args: argparse.Namespace) -> int:
         if not args.dry_run:
             deleted, failed = collect(backend, garbage)
             orphans_deleted, orphans_failed = collect_orphans(backend, orphans)
+            for cluster in clusters:
+                shutil.rmtree(cluster, ignore_errors=True)
     finally:
         manager.close()
     leftover = "untagged leftover of a process killed while creating it"
@@ -200,6 +215,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
                 "candidates": [g.to_dict() for g in garbage]
                 + [{"name": name, "cause": "orphan", "reason": leftover} for name in orphans],
                 "deleted": [g.record.name for g in deleted] + orphans_deleted,
+                "clusters": [str(c) for c in clusters],
                 "failed": [{"name": g.record.name, "error": err} for g, err in failed]
                 + [{"name": name, "error": err} for name, err in orphans_failed],
             }
@@ -208,13 +224,14 @@ def cmd_gc(args: argparse.Namespace) -> int:
         verb = "would delete" if args.dry_run else "deleted"
         done = [(g.record.name, g.reason) for g in (garbage if args.dry_run else deleted)]
         done += [(name, leftover) for name in (orphans if args.dry_run else orphans_deleted)]
+        done += [(str(c), "embedded cluster of another install, unused") for c in clusters]
         for name, reason in done:
             print(f"{verb} {name}  ({reason})")
         for item, error in failed:
             print(f"could not delete {item.record.name}: {error}", file=sys.stderr)
         for name, error in orphans_failed:
             print(f"could not delete {name}: {error}", file=sys.stderr)
-        if not garbage and not orphans:
+        if not garbage and not orphans and not clusters:
             print("nothing to delete")
     return EXIT_ERROR if failed or orphans_failed else EXIT_OK
 

@@ -2,6 +2,8 @@
 
 Passwords live only inside ``ServerAddress``; everything printed goes through
 ``display_url`` so a secret never reaches a terminal, a report or an exception message.
+psycopg is imported where it is used: the settings module (which pytest loads for every
+run) imports this one, and psycopg needs libpq.
 """
 
 from __future__ import annotations
@@ -10,8 +12,6 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
-
-import psycopg.conninfo
 
 from .errors import ConfigError
 
@@ -43,6 +43,8 @@ class ServerAddress:
             )
         if raw.startswith("postgresql+"):
             raw = "postgresql://" + raw.split("://", 1)[1]
+        import psycopg.conninfo
+
         try:
             params: dict[str, Any] = psycopg.conninfo.conninfo_to_dict(raw)
         except psycopg.ProgrammingError as exc:
@@ -77,6 +79,8 @@ class ServerAddress:
 
     def conninfo(self, dbname: str | None = None) -> str:
         """libpq keyword string with the password: for psycopg.connect, never for printing."""
+        import psycopg.conninfo
+
         return psycopg.conninfo.make_conninfo(**self.kwargs(dbname))
 
     def url(self, dbname: str | None = None, *, scheme: str = "postgresql", hide: bool = False) -> str:

@@ -20,6 +20,10 @@ class ServerError(DbBranchError):
     """The database server cannot be reached or refuses us."""
 
 
+class ServerLostError(ServerError):
+    """The server stopped answering during the run; later requests fail at once with this."""
+
+
 class SourceError(DbBranchError):
     """The production snapshot (the source) is missing or cannot be restored."""
 

@@ -78,8 +78,20 @@ def _port(value: str, where: str) -> int:
     return number
 
 
+#: More pre-forked branches than this only multiply disk use: each is a full copy.
+MAX_POOL_SIZE = 16
+
+
 def _pool_size(value: str, where: str) -> int | None:
-    return None if value.strip().lower() == "auto" else _count(value, where, minimum=0)
+    if value.strip().lower() == "auto":
+        return None
+    size = _count(value, where, minimum=0)
+    if size > MAX_POOL_SIZE:
+        raise ConfigError(
+            f"{where}: a warm pool of {size} branches would hold {size} copies of the template at "
+            f"once; at most {MAX_POOL_SIZE} (2 is plenty: the pool only has to stay ahead of one test)"
+        )
+    return size
 
 
 def _names(value: str, where: str) -> str:
@@ -243,6 +255,12 @@ class Settings:
     lakebase_database: str = setting(
         "databricks_postgres",
         "Database to connect to on each Lakebase branch (default databricks_postgres).",
+    )
+    timeout: int = setting(
+        600,
+        "Longest wait for one answer of the server (a statement, a connection) and for another "
+        "process building the same template, before the run stops with an error (default 10m).",
+        parse_duration,
     )
     embedded_dir: str | None = setting(
         None,
@@ -440,12 +458,15 @@ def resolve(
     env: Mapping[str, str] | None = None,
     ini: Mapping[str, Any] | None = None,
     root: Path | None = None,
+    option_names: Mapping[str, str] | None = None,
 ) -> Settings:
     """Combine the sources by the documented precedence.
 
     ``options`` maps setting names to command-line values (None = not given), ``ini`` maps
-    setting names to ini text (None or '' = not given).
+    setting names to ini text (None or '' = not given). ``option_names`` says how a command
+    line other than pytest's spells an option, for messages (``dbbranch``'s ``--url``).
     """
+    option_names = option_names or {}
     options = options or {}
     env = env or {}
     ini = ini or {}
@@ -454,11 +475,16 @@ def resolve(
     for spec in SPECS:
         raw_option = options.get(spec.name)
         if raw_option is not None and raw_option is not False:
-            where = spec.option
+            where = option_names.get(spec.name, spec.option)
             values[spec.name] = spec.parse(raw_option, where) if isinstance(raw_option, str) else raw_option
             origins[spec.name] = where
             continue
         raw_env = env.get(spec.env)
+        if spec.name == "url" and raw_env is not None and not raw_env.strip():
+            raise ConfigError(
+                f"environment variable {spec.env} is set but empty (an unset CI secret?): give the "
+                "server URL, or unset the variable to let the plugin start its own server"
+            )
         if raw_env is not None and raw_env != "":
             values[spec.name] = spec.parse(raw_env, f"environment variable {spec.env}")
             origins[spec.name] = f"environment variable {spec.env}"

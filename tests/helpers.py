@@ -293,3 +293,101 @@ def cli_json(*args: str, cwd: Path | None = None) -> Any:
     result = run_cli(*args, "--json", cwd=cwd)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
+
+
+# -- processes, private mounts and embedded server folders ----------------------------------------
+
+
+def process_state(pid: int) -> str | None:
+    """The state letter of a process (``R``, ``S``, ``T``, ``Z``...), None once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[0]
+
+
+def process_alive(pid: int) -> bool:
+    """Running (or stopped): not gone and not a zombie nobody reaped yet."""
+    return process_state(pid) not in (None, "Z")
+
+
+def children_of(pid: int) -> list[int]:
+    """Processes whose parent is ``pid``, read from ``/proc`` (no psutil)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
+def postmasters_in(folder: Path) -> list[int]:
+    """Live postmasters of the embedded clusters under ``folder`` (``<folder>/pg*/data``)."""
+    pids = []
+    for pidfile in Path(folder).glob("pg*/data/postmaster.pid"):
+        try:
+            pid = int(pidfile.read_text().splitlines()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+        if process_alive(pid):
+            pids.append(pid)
+    return pids
+
+
+def remove_embedded_folder(folder: Path, timeout: float = 30.0) -> None:
+    """Stop whatever embedded server still runs in ``folder`` (immediate shutdown, as
+    ``pg_ctl stop -m immediate`` does it), then delete the folder."""
+    import signal
+    import time
+
+    pids = postmasters_in(folder)
+    for pid in pids:
+        os.kill(pid, signal.SIGCONT)  # a test may have frozen it
+        os.kill(pid, signal.SIGQUIT)
+    deadline = time.monotonic() + timeout
+    while any(process_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def private_mounts_or_skip() -> None:
+    """Tests that mount (a tmpfs, a bind mount over libpq) do it in a private mount namespace
+    of a child process: that needs ``unshare`` and root. Skip, saying why, where either is
+    missing."""
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare(1) (util-linux) for a private mount namespace")
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount inside a private mount namespace")
+    probe = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "true"], capture_output=True, text=True
+    )
+    if probe.returncode != 0:
+        pytest.skip(f"no private mount namespace here: {probe.stderr.strip()}")
+
+
+def in_private_mounts(
+    setup: str, argv: list[str], *, timeout: float = 120, **kwargs: Any
+) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` in a private mount namespace after the shell commands ``setup`` (mounts
+    that nobody else sees, and that vanish with the namespace's last process). ``kwargs`` go
+    to ``subprocess.Popen`` (cwd, env). On timeout the whole process group is killed."""
+    import signal
+
+    script = f'set -e\n{setup}\nset +e\n"$@"\n'
+    command = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", *argv]
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, **kwargs
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"{argv} did not end within {timeout}s:\n{out}\n{err}")
+    return subprocess.CompletedProcess(command, proc.returncode, out, err)

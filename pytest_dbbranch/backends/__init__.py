@@ -66,7 +66,13 @@ def open_backend(
         address = ServerAddress.parse(settings.url, settings.origin("url"))
         key = f"postgres:{address.host}:{address.port}"
         folder = lock_root / short_hash(key, 10)
-        return PostgresBackend(address, lock_folder=_made(folder), strategy=settings.strategy, server_key=key)
+        return PostgresBackend(
+            address,
+            lock_folder=_made(folder),
+            strategy=settings.strategy,
+            server_key=key,
+            timeout=settings.timeout,
+        )
     address, server = embedded()
     return PostgresBackend(
         address,
@@ -74,6 +80,8 @@ def open_backend(
         strategy=settings.strategy,
         reflink=server.reflink,
         server_key=f"embedded:{server.home}",
+        timeout=settings.timeout,
+        diagnose=server.log_tail,
     )
 
 

@@ -105,6 +105,8 @@ class Backend(Protocol):
     #: The role (identity) we act as: objects are keyed by it, since another role could not
     #: read what this one restores or migrates.
     role: str
+    #: Seconds: the longest wait for one answer, or for another process building something.
+    timeout: float
 
     # -- capabilities -----------------------------------------------------------------------
 

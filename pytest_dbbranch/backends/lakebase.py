@@ -11,7 +11,9 @@ errors that say what to fix.
 from __future__ import annotations
 
 import contextlib
+import logging
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -61,6 +63,27 @@ class LakebaseConfig:
     database: str = "databricks_postgres"
 
 
+_TOKEN_FIELD = re.compile(r"""(["']?(?:token|access_token|password)["']?\s*[:=]\s*["'])[^"']+(["'])""", re.I)
+
+
+class _RedactTokens(logging.Filter):
+    """databricks-sdk logs every response body at DEBUG, database credentials included: a
+    run's log file must not hold them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = _TOKEN_FIELD.sub(r"\1**REDACTED**\2", message)
+        if redacted != message:
+            record.msg, record.args = redacted, ()
+        return True
+
+
+def _redact_sdk_logs() -> None:
+    logger = logging.getLogger("databricks.sdk")
+    if not any(isinstance(existing, _RedactTokens) for existing in logger.filters):
+        logger.addFilter(_RedactTokens())
+
+
 def make_client(profile: str | None) -> Any:
     """databricks-sdk's unified auth (environment, ~/.databrickscfg, profile), with our
     product name in the user agent."""
@@ -73,6 +96,7 @@ def make_client(profile: str | None) -> Any:
         ) from None
     from .._version import __version__
 
+    _redact_sdk_logs()
     try:
         config = Config(
             profile=profile,
@@ -128,6 +152,7 @@ class LakebaseBackend:
         me = self._api("identify the current user", self.client.current_user.me)
         self.user: str = me.user_name or ""
         self.role = self.user
+        self.timeout = OPERATION_TIMEOUT
         self._mutex = threading.RLock()
         self._tags: dict[str, Tag] = {}
         self._endpoints: dict[str, tuple[str, str]] = {}

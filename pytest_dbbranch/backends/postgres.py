@@ -10,18 +10,28 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import psycopg
 from psycopg import sql
 
 from ..conninfo import ServerAddress
-from ..errors import BranchExistsError, NotOursError, ParentMissingError, ServerError, SourceError
+from ..errors import (
+    BranchExistsError,
+    ConfigError,
+    DbBranchError,
+    NotOursError,
+    ParentMissingError,
+    ServerError,
+    ServerLostError,
+    SourceError,
+)
 from ..names import generated_kind
 from .base import Backend, BranchRecord, Tag
 
@@ -31,10 +41,14 @@ FROM pg_database d
 """
 
 
+#: Seconds to connect before giving up: a frozen server or a lost network accepts nothing.
+CONNECT_TIMEOUT = 10
+
+
 def connect(address: ServerAddress, dbname: str | None = None, **kwargs: Any) -> psycopg.Connection[Any]:
     """Connect with an error that says where we tried and what to fix, without the password."""
     try:
-        return psycopg.connect(address.conninfo(dbname), connect_timeout=10, **kwargs)
+        return psycopg.connect(address.conninfo(dbname), connect_timeout=CONNECT_TIMEOUT, **kwargs)
     except psycopg.OperationalError as exc:
         raise ServerError(describe_connect_error(address, dbname, exc)) from None
 
@@ -43,7 +57,12 @@ def describe_connect_error(address: ServerAddress, dbname: str | None, exc: Exce
     text = address.redact(str(exc)).strip()
     target = address.display_url(dbname)
     lower = text.lower()
-    if "password authentication failed" in lower or "no password supplied" in lower:
+    if "too many clients" in lower or "connection slots are reserved" in lower:
+        hint = (
+            "the server has no free connection slot (max_connections): run fewer xdist workers "
+            "or concurrent runs, or raise max_connections"
+        )
+    elif "password authentication failed" in lower or "no password supplied" in lower:
         hint = "check the user and password in the server URL (--dbbranch-url / DBBRANCH_URL)"
     elif "does not exist" in lower and "database" in lower:
         hint = "the maintenance database in the server URL does not exist; name one that does"
@@ -57,7 +76,11 @@ def describe_connect_error(address: ServerAddress, dbname: str | None, exc: Exce
     return f"cannot connect to PostgreSQL at {target}: {text}\n  -> {hint}"
 
 
-RECONNECT_SECONDS = 15.0
+#: After the admin connection breaks, how long reconnecting may take (a restart, a
+#: failover) before the server counts as lost for the rest of the run.
+RECONNECT_SECONDS = 10.0
+#: Default for one answer of the server (a statement, a builder's lock): see ``timeout``.
+DEFAULT_TIMEOUT = 600.0
 
 
 def advisory_key(text: str) -> int:
@@ -82,8 +105,16 @@ class PostgresBackend:
         strategy: str = "auto",
         reflink: bool = False,
         server_key: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        diagnose: Callable[[], str] | None = None,
     ) -> None:
         self._address = address
+        #: Longest wait for one statement, and for another builder's lock.
+        self.timeout = timeout
+        #: Says why the server may have gone (the embedded server's log tail).
+        self._diagnose = diagnose
+        self._lost: ServerLostError | None = None
+        self._watchdog = _Watchdog()
         self.server_key = server_key or f"postgres:{address.host}:{address.port}"
         self.lock_folder = lock_folder
         self._mutex = threading.RLock()
@@ -118,6 +149,12 @@ class PostgresBackend:
         return self._address
 
     def find_source(self, location: str, where: str) -> str:
+        if location == self._address.dbname:
+            raise SourceError(
+                f"{where}: the source database {location!r} is the one the server URL connects to; "
+                "PostgreSQL copies a database only while nobody is connected to it, so point the URL "
+                "at another database of the server (for example postgres)"
+            )
         if not self.exists(location):
             raise SourceError(
                 f"{where}: source database {location!r} does not exist on the server; create it "
@@ -132,6 +169,8 @@ class PostgresBackend:
             strategy=self._wanted_strategy,
             reflink=self.reflink,
             server_key=self.server_key,
+            timeout=self.timeout,
+            diagnose=self._diagnose,
         )
 
     def nested(self, name: str) -> tuple[Backend, str]:
@@ -168,6 +207,8 @@ class PostgresBackend:
                     f"{self._address.user or '(default)'} needs CREATEDB and must own "
                     f"{parent!r} (or it must be a template database)"
                 ) from None
+            except psycopg.errors.DiskFull as exc:
+                raise ServerError(self._disk_full(f"cannot create database {name!r}", exc)) from None
             try:
                 self._comment(name, tag)
             except BaseException:
@@ -301,16 +342,28 @@ class PostgresBackend:
 
     @contextmanager
     def lock(self, key: str) -> Iterator[None]:
-        """Session advisory lock on its own connection, so that it dies with the process."""
+        """Session advisory lock on its own connection, so that it dies with the process;
+        waiting for it ends after ``timeout`` (a builder that hangs holds nobody for ever)."""
+        self._check_lost()
         conn = connect(self._address, autocommit=True)
         try:
-            conn.execute("SELECT pg_advisory_lock(%s)", (advisory_key(key),))
+            conn.execute(
+                sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{int(self.timeout * 1000)}ms"))
+            )
+            try:
+                conn.execute("SELECT pg_advisory_lock(%s)", (advisory_key(key),))
+            except psycopg.errors.LockNotAvailable:
+                raise DbBranchError(
+                    f"waited {self.timeout:.0f}s for another process building {key.split(':', 1)[-1]}; "
+                    "it may hang (dbbranch list shows who builds what; dbbranch_timeout sets the wait)"
+                ) from None
             yield
         finally:
             conn.close()
 
     def close(self) -> None:
         with self._mutex:
+            self._watchdog.stop()
             self._conn.close()
 
     # -- helpers ----------------------------------------------------------------------------
@@ -321,10 +374,13 @@ class PostgresBackend:
             self._conn.execute(sql.SQL("SET file_copy_method = {}").format(sql.SQL(self.file_copy_method)))
 
     def _exec(self, query: Any, params: Any = None) -> psycopg.Cursor[Any]:
-        """Execute on the admin connection; if the server restarted under us (a crash, a
-        failover, pg_ctl restart), reconnect for up to RECONNECT_SECONDS and try once more."""
+        """Execute on the admin connection, giving up after ``timeout`` (a frozen server never
+        answers). If the server restarted under us (a crash, a failover, pg_ctl restart),
+        reconnect for up to RECONNECT_SECONDS and try once more; after that the server
+        counts as lost and every later call fails at once, pointing at the first error."""
+        self._check_lost()
         try:
-            return self._conn.execute(query, params)
+            return self._execute(query, params)
         except psycopg.OperationalError:
             if not self._conn.broken and not self._conn.closed:
                 raise
@@ -333,16 +389,58 @@ class PostgresBackend:
             try:
                 self._conn = connect(self._address, autocommit=True)
                 break
-            except ServerError:
+            except ServerError as exc:
                 if time.monotonic() > deadline:
-                    raise
+                    self._lose(str(exc))
                 time.sleep(0.1)
         self._configure_session()
         for key in self._held:
             self._conn.execute("SELECT pg_advisory_lock_shared(%s)", (advisory_key(key),))
-        return self._conn.execute(query, params)
+        return self._execute(query, params)
+
+    def _execute(self, query: Any, params: Any) -> psycopg.Cursor[Any]:
+        """One statement with a client-side deadline: the server's own timeouts cannot fire
+        when it is frozen (SIGSTOP, a lost network), so a timer shuts the socket down."""
+        conn = self._conn
+        self._watchdog.arm(conn, self.timeout)
+        try:
+            return conn.execute(query, params)
+        except psycopg.OperationalError as exc:
+            if self._watchdog.fired:
+                self._lose(f"no answer from the server within {self.timeout:.0f}s ({exc})")
+            raise
+        finally:
+            self._watchdog.disarm()
+
+    def _check_lost(self) -> None:
+        if self._lost is not None:
+            raise self._lost
+
+    def _lose(self, reason: str) -> NoReturn:
+        when = time.strftime("%H:%M:%S")
+        message = (
+            f"the server at {self._address.display_url()} was lost at {when}: {self._address.redact(reason)}"
+        )
+        tail = self._diagnose() if self._diagnose is not None else ""
+        if tail:
+            message += "\n  the embedded server's log ends with:\n    " + tail.replace("\n", "\n    ")
+        self._lost = ServerLostError(
+            message + "\n  (every later request of this run fails at once with this error)"
+        )
+        raise self._lost
+
+    def _disk_full(self, what: str, exc: Exception) -> str:
+        return (
+            f"{what}: the disk holding the server's data is full ({exc}). Free space, or give the "
+            "embedded server a larger folder (dbbranch_embedded_dir)"
+        )
 
     def _pick_strategy(self, wanted: str) -> str | None:
+        if wanted == "clone" and self.server_version < 18:
+            raise ConfigError(
+                f"dbbranch_strategy clone needs PostgreSQL 18 or newer (file_copy_method = clone); "
+                f"this server is PostgreSQL {self.server_version}: use auto or file_copy"
+            )
         if self.server_version < 15:
             return None
         clone = wanted == "clone" or (wanted == "auto" and self.reflink)
@@ -384,3 +482,60 @@ def _record(row: Any, size: int | None = None) -> BranchRecord | None:
     if tag is None:
         return None
     return BranchRecord(name=row[0], tag=tag, allows_connections=bool(row[3]), size_bytes=size)
+
+
+class _Watchdog:
+    """One thread per backend that makes a statement blocked on a frozen server fail, by
+    shutting the connection's socket down under it once its deadline passes. (The server's
+    own timeouts cannot fire when it is frozen: SIGSTOP, a lost network.)"""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._conn: psycopg.Connection[Any] | None = None
+        self._deadline = 0.0
+        self._stopping = False
+        self.fired = False
+        self._thread: threading.Thread | None = None
+
+    def arm(self, conn: psycopg.Connection[Any], timeout: float) -> None:
+        with self._cond:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="dbbranch-watchdog", daemon=True)
+                self._thread.start()
+            self._conn, self._deadline, self.fired = conn, time.monotonic() + timeout, False
+            self._cond.notify()
+
+    def disarm(self) -> None:
+        with self._cond:
+            self._conn = None
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+
+    def _loop(self) -> None:
+        with self._cond:
+            while not self._stopping:
+                if self._conn is None:
+                    self._cond.wait()
+                    continue
+                left = self._deadline - time.monotonic()
+                if left > 0:
+                    self._cond.wait(left)
+                    continue
+                self.fired = True
+                _shut_down(self._conn)
+                self._conn = None
+
+
+def _shut_down(conn: psycopg.Connection[Any]) -> None:
+    """Make a statement blocked on a frozen server fail: shut the socket down under it."""
+    import socket
+
+    try:
+        fd = conn.pgconn.socket
+        with socket.socket(fileno=os.dup(fd)) as sock:
+            sock.shutdown(socket.SHUT_RDWR)
+    except (OSError, psycopg.Error):
+        pass

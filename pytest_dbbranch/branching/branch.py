@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from ..backends import Backend, connect
-from ..errors import DbBranchError
+from ..errors import DbBranchError, ServerError
 from ..settings import Settings
 
 if TYPE_CHECKING:
@@ -78,7 +78,16 @@ class Branch:
 
     def connect(self, **kwargs: Any) -> psycopg.Connection[Any]:
         """A new connection to this branch; closed for you at teardown if still open."""
-        conn = connect(self.backend, self.name, **kwargs)
+        try:
+            conn = connect(self.backend, self.name, **kwargs)
+        except psycopg.OperationalError as exc:
+            # Our own error, without psycopg's frames: with ``pytest -l`` their locals would
+            # show the conninfo, password included.
+            address = self.backend.address(self.name)
+            message = address.redact(str(exc)).strip()
+            raise ServerError(
+                f"cannot connect to branch {self.name} at {self.display_url}: {message}"
+            ) from None
         self._extra.append(conn)
         return conn
 

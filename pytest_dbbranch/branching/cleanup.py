@@ -134,9 +134,9 @@ def find_garbage(
                 found.append(
                     Garbage(record, "unused-template", f"template older than {_age(older_than or 0)}")
                 )
-        elif tag.kind == "source" and old and record.name not in parents_in_use:
-            reason = f"restored dump no template uses, older than {_age(older_than or 0)}"
-            found.append(Garbage(record, "unused-source", reason))
+        elif tag.kind == "source" and record.name not in parents_in_use:
+            # The dump changed (or its templates went): nothing forks from it any more.
+            found.append(Garbage(record, "unused-source", "restored dump no template uses"))
     return found
 
 

@@ -13,10 +13,13 @@ older server.
 
 from __future__ import annotations
 
+import contextlib
+import gzip
 import os
 import re
 import subprocess
 import tempfile
+import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Literal
@@ -28,7 +31,7 @@ from ..conninfo import ServerAddress
 from ..errors import SourceError
 from ..server.binaries import client
 
-Format = Literal["plain", "custom", "directory", "tar"]
+Format = Literal["plain", "gzip", "custom", "directory", "tar"]
 
 GOOD_DUMP = (
     "make the dump with `pg_dump --no-owner --no-privileges -f snapshot.sql DBNAME` (without "
@@ -70,6 +73,15 @@ def detect_format(path: Path, where: str) -> Format:
         head = handle.read(4096)
     if head.startswith(b"PGDMP"):
         return "custom"
+    if head.startswith(b"\x1f\x8b"):
+        with gzip.open(path, "rb") as unpacked:
+            try:
+                inner = unpacked.read(4096)
+            except (OSError, EOFError, zlib.error) as exc:
+                raise SourceError(f"{where}: {path} is a damaged gzip file ({exc})") from None
+        if b"\x00" not in inner and _looks_like_sql(inner):
+            return "gzip"
+        raise SourceError(f"{where}: {path} is gzip-compressed but not a plain SQL dump; {GOOD_DUMP}")
     if head[257:262] == b"ustar" and b"toc.dat" in head[:100]:
         return "tar"
     if b"\x00" not in head and _looks_like_sql(head):
@@ -289,9 +301,16 @@ def restore(path: Path, backend: Backend, dbname: str, where: str) -> None:
         producer: subprocess.Popen[bytes] | None = None
         try:
             assert consumer.stdin is not None
-            if form == "plain":
-                with path.open("rb") as source:
-                    _pump(gate.lines(source), consumer.stdin)
+            if form in ("plain", "gzip"):
+                opener = gzip.open if form == "gzip" else open
+                try:
+                    with opener(path, "rb") as source:
+                        _pump(gate.lines(source), consumer.stdin)
+                except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+                    raise SourceError(
+                        f"{where}: {path} is a damaged gzip file ({exc or type(exc).__name__}); "
+                        "nothing was restored from it"
+                    ) from None
             else:
                 argv = [client("pg_restore"), "--no-owner", "--no-privileges", "-f", "-", str(path)]
                 producer = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=producer_errors, env=env)
@@ -299,7 +318,8 @@ def restore(path: Path, backend: Backend, dbname: str, where: str) -> None:
                 _pump(gate.lines(producer.stdout), consumer.stdin)
                 if producer.wait() != 0:
                     raise SourceError(f"{where}: reading {path} failed:\n{_tail(producer_errors, address)}")
-            consumer.stdin.close()
+            with contextlib.suppress(BrokenPipeError):  # psql stopped early: its message says why
+                consumer.stdin.close()
             if consumer.wait() != 0:
                 raise SourceError(f"{where}: restoring {path} failed:\n{_tail(psql_errors, address)}")
         except BaseException:

@@ -25,7 +25,7 @@ from ..backends import Backend, Tag, backend_key, open_backend, run_lock, use_lo
 from ..conninfo import ServerAddress
 from ..errors import ConfigError, DbBranchError, ParentMissingError
 from ..migrations.alembic import load_alembic
-from ..server.embedded import EmbeddedServer
+from ..server.embedded import EmbeddedServer, stale_clusters
 from ..settings import Settings
 from .branch import Branch, RollbackBranch
 from .cleanup import (
@@ -77,6 +77,8 @@ class BranchManager:
         self._templates: dict[tuple[Any, ...], TemplatePlan] = {}
         self._failures: dict[tuple[Any, ...], DbBranchError] = {}
         self.kept: list[Branch] = []
+        #: Things a user should know about this run (where the embedded server's data went).
+        self.notes: list[str] = []
 
     def __enter__(self) -> BranchManager:
         return self
@@ -150,7 +152,15 @@ class BranchManager:
             if self._embedded is None:
                 base = settings.resolve_path(settings.embedded_dir) if settings.embedded_dir else None
                 self._embedded = EmbeddedServer(base)
+                if self._embedded.note:
+                    self.notes.append(self._embedded.note)
             return self._embedded.acquire(self._registration), self._embedded
+
+    def stale_embedded_clusters(self) -> list[Path]:
+        """Other clusters beside the embedded server's own that nothing uses (for gc)."""
+        if self._embedded is None:
+            return []
+        return stale_clusters(self._embedded.base, self._embedded.home)
 
     @property
     def _registration(self) -> str:

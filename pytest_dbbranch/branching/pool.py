@@ -64,9 +64,11 @@ class WarmPool:
 
     def give_back(self, name: str) -> bool:
         """Drop ``name`` in the background (its clients are closed already). False when the
-        pool has stopped: then the caller drops it."""
+        pool has stopped or has enough to drop already: then the caller drops it."""
         with self._cond:
-            if self._stopping or self._failed is not None:
+            if self._stopping or self._failed is not None or len(self._to_drop) >= self.size + 2:
+                # Stopped, or the drops fall behind (a slow, durable server): the caller drops
+                # it, so live copies never pile up.
                 return False
             self._to_drop.append(name)
             self._cond.notify_all()

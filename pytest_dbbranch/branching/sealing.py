@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 
 import filelock
@@ -47,15 +47,14 @@ def ensure_sealed(
     record = backend.describe(name)
     if record is not None and reusable(record):
         return False
-    lock = filelock.FileLock(str(backend.lock_folder / f"{name}.lock"))
-    with lock, backend.lock(build_lock(name)):
+    with _machine_lock(backend, name), backend.lock(build_lock(name)):
         # Whoever held the lock before us may have built it in the meantime.
         record = backend.describe(name)
         if record is not None and reusable(record):
             return False
         if record is not None and not _abandoned(record, backend, run_id):
             # Being built on another machine that shares this server: wait for it.
-            wait_until_sealed(backend, name)
+            wait_until_sealed(backend, name, backend.timeout)
             return False
         if record is not None:
             backend.drop(name)  # half-built by a crash, or rebuilt on request
@@ -66,7 +65,7 @@ def ensure_sealed(
                 )
             if not backend.has_global_lock:
                 # Created on another machine and not tagged yet: its build has just begun.
-                wait_until_sealed(backend, name)
+                wait_until_sealed(backend, name, backend.timeout)
                 return False
             # Our name without our tag, while we hold the build lock: a builder was killed
             # between creating it and tagging it.
@@ -76,7 +75,7 @@ def ensure_sealed(
         try:
             backend.fork(name, parent_name, full_tag)
         except BranchExistsError:
-            wait_until_sealed(backend, name)
+            wait_until_sealed(backend, name, backend.timeout)
             return False
         try:
             build()
@@ -86,6 +85,23 @@ def ensure_sealed(
                 backend.drop(name)
             raise
     return True
+
+
+@contextlib.contextmanager
+def _machine_lock(backend: Backend, name: str) -> Iterator[None]:
+    """Builders on this machine queue on a file instead of each opening a connection to wait."""
+    lock = filelock.FileLock(str(backend.lock_folder / f"{name}.lock"), timeout=backend.timeout)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        raise DbBranchError(
+            f"waited {backend.timeout:.0f}s for another process on this machine building {name}; it "
+            "may hang (dbbranch list shows who builds what; dbbranch_timeout sets the wait)"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _abandoned(record: BranchRecord, backend: Backend, run_id: str) -> bool:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..conninfo import ServerAddress
-from ..errors import ConfigError, MigrationError
+from ..errors import ConfigError, DbBranchError, MigrationError, ServerError
 
 _RUNNING = re.compile(r"Running (?:upgrade|downgrade) (\S*) -> (\S+)")
 
@@ -150,6 +150,20 @@ def load_alembic(
         raise ConfigError(f"{ini_path}: script_location is not usable: {exc}") from None
     if not (Path(script.dir) / "env.py").is_file():
         raise ConfigError(f"{ini_path}: no env.py in the script directory {script.dir}")
+    try:
+        for _revision in script.walk_revisions():
+            pass
+    except KeyError as exc:
+        raise ConfigError(
+            f"{ini_path}: the Alembic history in {script.dir} is broken: a down_revision names "
+            f"{exc.args[0]!r}, which no revision file defines"
+        ) from None
+    except SyntaxError as exc:
+        raise ConfigError(f"{ini_path}: {exc.filename}, line {exc.lineno}: {exc.msg}") from None
+    except Exception as exc:
+        raise ConfigError(
+            f"{ini_path}: the Alembic history in {script.dir} cannot be read: {type(exc).__name__}: {exc}"
+        ) from None
     return AlembicMigrator(ini_path=ini_path, config=config, script=script, url_env=url_env)
 
 
@@ -250,6 +264,16 @@ def revisions_since(migrator: AlembicMigrator, base: tuple[str, ...], target: st
     return [script for script in scripts if script.revision not in base]
 
 
+def _no_connection(error: BaseException) -> bool:
+    """A connection refused or lost (no slot left, server gone), not a statement that failed."""
+    import psycopg
+
+    sqlstate = getattr(error, "sqlstate", None) or ""
+    return sqlstate.startswith(("08", "53300", "57P")) or (
+        isinstance(error, psycopg.OperationalError) and not sqlstate
+    )
+
+
 def _migration_error(
     migrator: AlembicMigrator,
     address: ServerAddress,
@@ -257,13 +281,24 @@ def _migration_error(
     announced: str | None,
     exc: Exception,
     direction: str = "upgrade",
-) -> MigrationError:
-    revision = _revision_from_traceback(migrator, exc) or announced
+) -> DbBranchError:
+    original = getattr(exc, "orig", None) or exc
+    if _no_connection(original):
+        from ..backends.postgres import describe_connect_error
+
+        return ServerError(
+            f"Alembic could not connect to the branch it migrates ({direction[:-1]}ing to {target!r}); "
+            "nothing is wrong with the migrations: "
+            + describe_connect_error(address, address.dbname, original)
+        )
+    found, frame = _revision_from_traceback(migrator, exc)
+    revision = found or announced
     where = f"revision {revision}" if revision else f"the upgrade to {target}"
     statement = getattr(exc, "statement", None)
-    original = getattr(exc, "orig", None) or exc
     lines = [f"Alembic migration failed at {where} ({direction[:-1]}ing a branch to {target!r})."]
-    if revision:
+    if frame is not None:
+        lines.append(f"  file: {frame.filename}, line {frame.lineno}: {(frame.line or '').strip()}")
+    elif revision:
         script = migrator.script.get_revision(revision)
         if script is not None:
             lines.append(f"  file: {script.path}")
@@ -281,14 +316,17 @@ def _migration_error(
     return MigrationError("\n".join(lines))
 
 
-def _revision_from_traceback(migrator: AlembicMigrator, exc: BaseException) -> str | None:
-    """The innermost frame inside a revision file names the revision that raised."""
+def _revision_from_traceback(
+    migrator: AlembicMigrator, exc: BaseException
+) -> tuple[str | None, traceback.FrameSummary | None]:
+    """The innermost frame inside a revision file names the revision that raised, and the
+    line (for a Python error; a SQL error has its statement instead)."""
     by_path = {}
     for script in migrator.script.walk_revisions():
         by_path[str(Path(script.path).resolve())] = script.revision
-    found = None
+    found: tuple[str | None, traceback.FrameSummary | None] = (None, None)
     for frame in traceback.extract_tb(exc.__traceback__):
         revision = by_path.get(str(Path(frame.filename).resolve()))
         if revision:
-            found = revision
+            found = (revision, frame)
     return found

@@ -10,13 +10,16 @@ The built-in fixtures are made by the same factory, so a custom fixture behaves 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import pytest
 
-from ..branching.branch import Branch
 from ..errors import DbBranchError
 from ..settings import OVERRIDABLE, Settings
+from .state import STATE, fatal_exit_code
+
+if TYPE_CHECKING:
+    from ..branching.branch import Branch
 
 MARKER = "dbbranch"
 
@@ -49,14 +52,16 @@ def branch_fixture(
 
     @pytest.fixture(scope=scope)
     def _branch(request: pytest.FixtureRequest) -> Iterator[Branch]:
-        manager = request.getfixturevalue("dbbranch_manager")
-        settings: Settings = request.getfixturevalue("dbbranch_settings")
         failure: str | None = None
+        overridden = bool(given)
         try:
+            manager = request.getfixturevalue("dbbranch_manager")
+            settings: Settings = request.getfixturevalue("dbbranch_settings")
             if given:
                 settings = settings.with_overrides(where, scope=scope, **given)
             marker = request.node.get_closest_marker(MARKER)
             if marker is not None:
+                overridden = True
                 settings = settings.with_overrides(
                     f"@pytest.mark.{MARKER} on {request.node.nodeid}", scope=scope, **marker.kwargs
                 )
@@ -65,6 +70,10 @@ def branch_fixture(
             )
         except DbBranchError as exc:
             failure = str(exc)
+            exit_code = fatal_exit_code(exc)
+            if exit_code is not None and not overridden:
+                # The run's own settings cannot give any test a branch: stop once.
+                request.config.stash[STATE].stop(request.session, failure, exit_code)
         if failure is not None:
             # Outside the except block, so the report shows the message and no chain.
             pytest.fail(f"pytest-dbbranch: {failure}", pytrace=False)

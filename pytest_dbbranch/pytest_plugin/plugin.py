@@ -3,25 +3,27 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Generator, Iterator
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-import psycopg
 import pytest
 
 from .. import names
-from ..branching.branch import Branch
-from ..branching.manager import BranchManager
 from ..errors import ConfigError, DbBranchError
 from ..settings import SPECS, Settings, resolve
 from .factories import MARKER_HELP, branch_fixture
 from .items import make_items
+from .signals import stop_when_orphaned, terminate_like_ctrl_c
 from .state import STATE, RunState
 
 if TYPE_CHECKING:
+    import psycopg
     from sqlalchemy.engine import Engine
 
+    from ..branching.branch import Branch
+    from ..branching.manager import BranchManager
     from ..emulator import LakebaseEmulator
 
 _SECTION = "dbbranch"
@@ -56,6 +58,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[STATE] = RunState(settings, run_id or names.new_run_id(), worker_id)
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(_XdistHooks(config), "dbbranch-xdist")
+    terminate_like_ctrl_c()
+    if workerinput is not None:
+        stop_when_orphaned()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -79,6 +84,10 @@ class _XdistHooks:
         if "dbbranch_stats" in output:
             state.stats.merge(output["dbbranch_stats"])
         state.kept_lines.extend(output.get("dbbranch_kept", []))
+        state.notes.extend(n for n in output.get("dbbranch_notes", []) if n not in state.notes)
+        if output.get("dbbranch_fatal") and state.fatal is None:
+            message, code = output["dbbranch_fatal"]
+            state.fatal = (message, code)
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
         for line, red in output.get("dbbranch_messages", []):
             if reporter is not None:
@@ -91,18 +100,40 @@ class _XdistHooks:
 def pytest_collection_modifyitems(
     session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
 ) -> None:
-    """Before -k and -m deselect, so the checks can be selected like any test."""
+    """Before -k and -m deselect, so the checks can be selected like any test. Then, if any
+    collected test asks for a branch, the settings are checked before the first test runs."""
     state = config.stash.get(STATE, None)
-    if state is None or not state.settings.check_migrations:
+    if state is None:
         return
-    from ..review import CHECKS
+    if state.settings.check_migrations:
+        from ..review import CHECKS
 
-    checks = [c for c in CHECKS if c != "models-match" or state.settings.models]
-    items[:0] = make_items(session, items, checks)
+        checks = [c for c in CHECKS if c != "models-match" or state.settings.models]
+        items[:0] = make_items(session, items, checks)
+    if any("dbbranch_manager" in getattr(item, "fixturenames", ()) for item in items):
+        _preflight(session, state, items)
 
 
+def _preflight(session: pytest.Session, state: RunState, items: list[pytest.Item]) -> None:
+    """A configuration error is one usage error (exit 4) before any test, not the same error
+    for every test. xdist workers cannot raise a usage error, so they collect nothing and
+    stop; the controller reports the error."""
+    from ..branching.preflight import check
+
+    try:
+        check(state.settings)
+    except DbBranchError as exc:
+        if getattr(session.config, "workerinput", None) is None:
+            raise pytest.UsageError(f"pytest-dbbranch: {exc}") from None
+        items.clear()
+        state.stop(session, str(exc), int(pytest.ExitCode.USAGE_ERROR))
+
+
+@pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    """Runs before the terminal summary: the pool's last drops are counted in it."""
+    """Last, after pytest has torn the session's fixtures down (on Ctrl-C too): closing the
+    manager may stop the embedded server, which their teardown still needs. Still before the
+    terminal summary, so the pool's last drops are counted in it."""
     state = session.config.stash.get(STATE, None)
     if state is None:
         return
@@ -110,11 +141,14 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     messages = _write_schema_diff(session, state) if _writes_schema_diff(session, state) else []
     if state.manager is not None:
         state.kept_lines.extend(_kept_line(b) for b in state.manager.kept)
+        state.notes.extend(n for n in state.manager.notes if n not in state.notes)
         state.close()
     if workeroutput is not None:
         workeroutput["dbbranch_kept"] = list(state.kept_lines)
         workeroutput["dbbranch_stats"] = state.stats.to_dict()
         workeroutput["dbbranch_messages"] = messages
+        workeroutput["dbbranch_notes"] = list(state.notes)
+        workeroutput["dbbranch_fatal"] = state.fatal
         return
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     for line, red in messages:
@@ -123,6 +157,11 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         state.diff_failed = state.diff_failed or red
     if state.diff_failed:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    if state.fatal is not None:
+        message, code = state.fatal
+        if reporter is not None:
+            reporter.write_line(f"pytest-dbbranch: {message}", red=True)
+        session.exitstatus = code
 
 
 def _writes_schema_diff(session: pytest.Session, state: RunState) -> bool:
@@ -169,6 +208,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 def _branches_of(item: pytest.Item) -> Iterator[Branch]:
+    branch_module = sys.modules.get("pytest_dbbranch.branching.branch")
+    if branch_module is None:
+        return  # no branch was ever made in this process (nor psycopg loaded)
+    Branch = branch_module.Branch
     seen: set[int] = set()
     for value in getattr(item, "funcargs", {}).values():
         if isinstance(value, Branch) and id(value) not in seen:
@@ -178,13 +221,15 @@ def _branches_of(item: pytest.Item) -> Iterator[Branch]:
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     state = config.stash.get(STATE, None)
-    if state is None or not state.stats.used:
+    if state is None or not (state.stats.used or state.notes):
         return
     terminalreporter.section(_SECTION)
     for line in state.stats.summary_lines():
         terminalreporter.write_line(line)
     for line in state.kept_lines:
         terminalreporter.write_line(f"kept: {line}")
+    for note in state.notes:
+        terminalreporter.write_line(f"note: {note}")
 
 
 def _kept_line(branch: Branch) -> str:

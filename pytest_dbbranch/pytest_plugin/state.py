@@ -4,12 +4,29 @@ with xdist workers, counters, and the branch manager (made on first use)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import pytest
 
-from ..branching.manager import BranchManager
 from ..branching.stats import Stats
+from ..errors import (
+    ConfigError,
+    DbBranchError,
+    EmbeddedServerError,
+    MigrationError,
+    ServerLostError,
+    SourceError,
+)
 from ..settings import Settings
+
+if TYPE_CHECKING:
+    from ..branching.manager import BranchManager
+
+LIBPQ_MISSING = (
+    "pytest-dbbranch cannot load psycopg ({error}). psycopg needs libpq: install "
+    "'pytest-dbbranch[binary]' (psycopg with its own libpq) or the PostgreSQL client "
+    "library of your system (libpq5, postgresql-libs)"
+)
 
 
 @dataclass
@@ -27,6 +44,19 @@ class RunState:
     kept_lines: list[str] = field(default_factory=list)
     #: A worker could not write the schema diff: the run fails.
     diff_failed: bool = False
+    #: Things the user should know about how the run went (the embedded server's folder).
+    notes: list[str] = field(default_factory=list)
+    #: What stopped the run (message, exit code): a configuration error found before the
+    #: tests, or a failure no later test could escape (the template does not build).
+    fatal: tuple[str, int] | None = None
+
+    def stop(self, session: pytest.Session, message: str, exit_code: int) -> None:
+        """Stop the run after the current test: one clear error instead of the same one for
+        every remaining test. xdist workers pass the stop on to the controller."""
+        if self.fatal is None:
+            self.fatal = (message, exit_code)
+        first_line = message.splitlines()[0] if message else "stopped"
+        session.shouldstop = f"pytest-dbbranch: {first_line}"
 
     @property
     def effective_settings(self) -> Settings:
@@ -39,6 +69,10 @@ class RunState:
 
     def get_manager(self) -> BranchManager:
         if self.manager is None:
+            try:
+                from ..branching.manager import BranchManager
+            except ImportError as exc:
+                raise ConfigError(LIBPQ_MISSING.format(error=exc)) from None
             self.manager = BranchManager(
                 self.effective_settings, run_id=self.run_id, worker_id=self.worker_id, stats=self.stats
             )
@@ -51,3 +85,15 @@ class RunState:
 
 
 STATE = pytest.StashKey[RunState]()
+
+
+def fatal_exit_code(exc: DbBranchError) -> int | None:
+    """Errors of the run's own configuration stop the run (usage error: exit 4), as does a
+    template that does not build (exit 1); others fail their test only. A lost server fails
+    the remaining tests at once by itself (``ServerLostError``), which lets tests that need
+    no database still run."""
+    if isinstance(exc, ConfigError | SourceError | EmbeddedServerError):
+        return int(pytest.ExitCode.USAGE_ERROR)
+    if isinstance(exc, MigrationError) and not isinstance(exc, ServerLostError):
+        return int(pytest.ExitCode.TESTS_FAILED)
+    return None

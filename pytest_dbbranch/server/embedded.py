@@ -13,12 +13,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import pwd
+import re
 import shutil
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import filelock
 
@@ -26,6 +27,9 @@ from ..conninfo import ServerAddress
 from ..errors import EmbeddedServerError
 from .binaries import find_bindir
 from .process import free_port, pid_alive
+
+if TYPE_CHECKING:
+    import pwd
 
 SERVER_SETTINGS = {
     "listen_addresses": "127.0.0.1",
@@ -36,13 +40,70 @@ SERVER_SETTINGS = {
     "max_wal_size": "2GB",
     "checkpoint_timeout": "30min",
     "log_min_messages": "warning",
+    # The log's tail is shown when the server dies: keep routine lines out of it.
+    "log_checkpoints": "off",
 }
 
 
-def default_base_dir() -> Path:
+#: Free space /dev/shm must have for a new cluster there: initdb, a copy of the binaries
+#: (when run as root), a restored snapshot and a few templates. Docker's default is 64 MB.
+MIN_SHM_FREE = 512 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class BaseChoice:
+    path: Path
+    #: Why the default was not used, for the run's output; None when it was.
+    note: str | None = None
+
+
+def default_base_dir() -> BaseChoice:
+    """``/dev/shm`` when it can hold a cluster (or already holds ours), else the temp folder."""
+    user = f"pytest-dbbranch-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
     shm = Path("/dev/shm")
-    root = shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
-    return root / f"pytest-dbbranch-{os.getuid()}"
+    disk = Path(tempfile.gettempdir()) / user
+    if not (shm.is_dir() and os.access(shm, os.W_OK)):
+        return BaseChoice(disk)
+    if (shm / user).is_dir() and any((shm / user).glob("pg*/data/PG_VERSION")):
+        return BaseChoice(shm / user)
+    free = shutil.disk_usage(shm).free
+    if free >= MIN_SHM_FREE:
+        return BaseChoice(shm / user)
+    return BaseChoice(
+        disk,
+        f"/dev/shm has {free // 2**20} MB free, less than the {MIN_SHM_FREE // 2**20} MB an embedded "
+        f"server needs: its data goes to {disk} on disk instead (slower). Give /dev/shm more room "
+        "(docker run --shm-size=1g) or set dbbranch_embedded_dir",
+    )
+
+
+def check_base_dir(base: Path | None, where: str) -> None:
+    """The embedded server can live in ``base`` (or the default) and has binaries to run."""
+    folder = base or default_base_dir().path
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EmbeddedServerError(
+            f"{where}: the embedded server cannot use {folder}: {exc.strerror or exc}; set "
+            "dbbranch_embedded_dir to a folder you can write"
+        ) from None
+    if not folder.is_dir():
+        raise EmbeddedServerError(f"{where}: {folder} is not a folder (dbbranch_embedded_dir)")
+    find_bindir()
+
+
+_MAJORS: dict[Path, int] = {}
+
+
+def server_major(bindir: Path) -> int:
+    """The PostgreSQL major version of the binaries in ``bindir`` (asked once)."""
+    if bindir not in _MAJORS:
+        out = subprocess.run(
+            [str(bindir / "postgres"), "--version"], capture_output=True, text=True, check=False
+        )
+        match = re.search(r"(\d+)(?:\.\d+)?", out.stdout)
+        _MAJORS[bindir] = int(match.group(1)) if match else 0
+    return _MAJORS[bindir]
 
 
 FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
@@ -78,8 +139,12 @@ class EmbeddedServer:
 
     def __init__(self, base_dir: Path | None = None, bindir: Path | None = None) -> None:
         self.bindir = bindir or find_bindir()
-        base = Path(base_dir) if base_dir else default_base_dir()
-        self.home = base / ("pg-" + hashlib.sha256(str(self.bindir).encode()).hexdigest()[:8])
+        choice = BaseChoice(Path(base_dir)) if base_dir else default_base_dir()
+        self.note = choice.note
+        self.base = choice.path
+        # Keyed by major version: a newer wheel never tries to start an older cluster.
+        key = hashlib.sha256(str(self.bindir).encode()).hexdigest()[:8]
+        self.home = self.base / f"pg{server_major(self.bindir)}-{key}"
         self.data = self.home / "data"
         self.users = self.home / "runs"
         self.log = self.home / "server.log"
@@ -137,8 +202,14 @@ class EmbeddedServer:
     # -- internals --------------------------------------------------------------------------
 
     def _prepare_home(self) -> None:
-        self.home.mkdir(parents=True, exist_ok=True)
-        self.users.mkdir(exist_ok=True)
+        try:
+            self.home.mkdir(parents=True, exist_ok=True)
+            self.users.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise EmbeddedServerError(
+                f"the embedded server cannot use {self.home}: {exc.strerror or exc}; set "
+                "dbbranch_embedded_dir to a folder you can write"
+            ) from None
         # The server may run as another user (never as root), who must reach its folders.
         for folder in (self.home.parent, self.home):
             with contextlib.suppress(PermissionError):
@@ -258,14 +329,15 @@ class EmbeddedServer:
             )
             if result.returncode == 0:
                 return port
-            last_error = (result.stderr or result.stdout).strip() + "\n" + self._log_tail()
+            last_error = (result.stderr or result.stdout).strip() + "\n" + self.log_tail()
         raise EmbeddedServerError(
             f"the embedded PostgreSQL server did not start (data dir {self.data}): {last_error}"
         )
 
-    def _log_tail(self) -> str:
+    def log_tail(self, lines: int = 8) -> str:
+        """The end of the server's log: why it died, when it did (a full disk, a kill)."""
         try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-15:])
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
 
@@ -302,9 +374,12 @@ class EmbeddedServer:
 
 
 def _run_as_user() -> pwd.struct_passwd | None:
-    """PostgreSQL refuses to run as root; pick an unprivileged account to run it."""
-    if os.geteuid() != 0:
+    """PostgreSQL refuses to run as root; pick an unprivileged account to run it. (``pwd``
+    exists on POSIX only; on Windows nobody is root, and this module must still import.)"""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
         return None
+    import pwd
+
     wanted = os.environ.get("DBBRANCH_EMBEDDED_USER")
     names = [wanted] if wanted else ["postgres", "nobody"]
     for name in names:
@@ -316,3 +391,27 @@ def _run_as_user() -> pwd.struct_passwd | None:
         "running as root, and PostgreSQL refuses to run as root: no 'postgres' or 'nobody' "
         "account to run the embedded server as; set DBBRANCH_EMBEDDED_USER to an existing user"
     )
+
+
+def stale_clusters(base: Path, keep: Path) -> list[Path]:
+    """Clusters in ``base`` other than ``keep`` that no server runs on and no live run uses:
+    data of another PostgreSQL version or of an uninstalled virtualenv, kept in RAM for
+    nothing (``dbbranch gc`` removes them)."""
+    found = []
+    for home in sorted(base.glob("pg*")):
+        if home == keep or not (home / "data").is_dir():
+            continue
+        try:
+            pid = int((home / "data" / "postmaster.pid").read_text().splitlines()[0])
+        except (OSError, ValueError, IndexError):
+            pid = 0
+        if pid and pid_alive(pid):
+            continue
+        users = []
+        for entry in (home / "runs").glob("*") if (home / "runs").is_dir() else ():
+            with contextlib.suppress(OSError, ValueError):
+                users.append(int(entry.read_text().strip() or 0))
+        if any(user and pid_alive(user) for user in users):
+            continue
+        found.append(home)
+    return found

@@ -13,6 +13,7 @@ import pytest
 from psycopg import sql
 
 from pytest_dbbranch import cli
+from pytest_dbbranch.backends import use_lock
 from pytest_dbbranch.settings import Settings
 from tests.helpers import (
     AlembicProject,
@@ -126,3 +127,62 @@ def test_list_unreachable_server_exits_2(dbbranch: Shell) -> None:
     assert code == 2
     assert "cannot connect to PostgreSQL" in err
     assert "topsecret" not in out + err
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["list", "--url", "localhost:5432"], "dbbranch: --url: 'localhost:5432' is not a PostgreSQL URL"),
+        (
+            ["diff", "--source", "dumps/missing.sql"],
+            "dbbranch: --source: the source dump file {cwd}/dumps/missing.sql",
+        ),
+        (
+            ["diff", "--alembic-ini", "conf/alembic.ini"],
+            "dbbranch: --alembic-ini: Alembic config file {cwd}/conf",
+        ),
+    ],
+    ids=["url", "source", "alembic-ini"],
+)
+def test_messages_name_the_commands_own_flags(
+    dbbranch: Shell, clean_embedded: str, args: list[str], expected: str
+) -> None:
+    """The command line shares the plugin's settings, but a message that said
+    ``--dbbranch-url`` would name a flag ``dbbranch`` does not have."""
+    if "--url" not in args:
+        args = [*args, "--url", clean_embedded]
+    code, _out, err = dbbranch(*args)
+    assert code == 2, err
+    assert expected.format(cwd=Path.cwd()) in err, err
+    assert "--dbbranch-" not in err
+
+
+def test_gc_removes_a_restored_dump_once_the_dump_changed(
+    dbbranch: Shell, make_manager: MakeManager, alembic_project: AlembicProject, settings: Settings
+) -> None:
+    """After a snapshot refresh the old restore is forked by nothing (the next run replaced
+    its template): ``gc`` removes it without ``--older-than`` (it held the old snapshot's
+    size, in RAM on the embedded default, for good), but not while a live run holds it."""
+    url = str(settings.url)
+    dump = alembic_project.root / "snapshot.sql"
+    dump.write_text("CREATE TABLE customers (id int);\n")
+    before = make_manager(source="snapshot.sql")
+    before.template()
+    [old] = our_branches(url, "source")
+    before.close()
+    dump.write_text("CREATE TABLE customers (id int);\nINSERT INTO customers VALUES (1);\n")
+    after = make_manager(source="snapshot.sql")
+    after.template()
+    [new] = set(our_branches(url, "source")) - {old}
+    assert len(our_branches(url, "template")) == 1, "the new template replaced the old one"
+
+    holder = make_manager()  # a live run that restored it and is about to fork it
+    holder.backend().hold(use_lock(old))
+    assert dbbranch.json("gc", "--url", url, "--dry-run")["candidates"] == []
+    holder.close()
+    report = dbbranch.json("gc", "--url", url, "--dry-run")
+    assert {c["name"]: c["cause"] for c in report["candidates"]} == {old: "unused-source"}
+    code, out, err = dbbranch("gc", "--url", url)
+    assert code == 0, err
+    assert f"deleted {old}  (restored dump no template uses)" in out
+    assert our_branches(url, "source") == [new]

@@ -27,6 +27,14 @@ def target(clean_embedded: str) -> Iterator[ServerAddress]:
     drop_database(clean_embedded, name)
 
 
+def line_of(path: Path, text: str) -> tuple[int, str]:
+    """Number and stripped code of the line of ``path`` that holds ``text``."""
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if text in line:
+            return number, line.strip()
+    raise AssertionError(f"{text!r} not in {path}")
+
+
 def revisions_at(address: ServerAddress) -> tuple[str, ...]:
     with psycopg.connect(address.conninfo()) as conn:
         return current_revisions(conn)
@@ -54,7 +62,7 @@ def test_failing_statement_is_named_with_revision_and_file(
 ) -> None:
     """The message is what a CI log reader needs: which revision, which file, which statement,
     the database's own error, and that nothing was left behind; the upgrade rolled back."""
-    alembic_project.add(
+    path = alembic_project.add(
         "r3", "r2", "ALTER TABLE widgets ADD COLUMN code text", "UPDATE widgets SET nme = 'x'"
     )
     migrator = load_alembic(alembic_project.ini, "ini option dbbranch_alembic_ini")
@@ -62,7 +70,8 @@ def test_failing_statement_is_named_with_revision_and_file(
         migrator.upgrade(target, "head")
     lines = str(failure.value).splitlines()
     assert lines[0] == "Alembic migration failed at revision r3 (upgrading a branch to 'head')."
-    assert lines[1] == f"  file: {alembic_project.versions / 'r3.py'}"
+    line, code = line_of(path, "nme")
+    assert lines[1] == f"  file: {path}, line {line}: {code}"
     assert lines[2] == "  statement: UPDATE widgets SET nme = 'x'"
     assert lines[3] == '  error: UndefinedColumn: column "nme" of relation "widgets" does not exist'
     assert lines[-1].startswith("  -> fix that migration")
@@ -82,7 +91,10 @@ def test_python_error_in_a_revision_names_it(alembic_project: AlembicProject, ta
         migrator.upgrade(target, "head")
     message = str(failure.value)
     assert "Alembic migration failed at revision r3" in message
-    assert f"file: {path}" in message and "error: RuntimeError: boom" in message
+    line, code = line_of(path, "boom")
+    assert code == "raise RuntimeError('boom')"
+    assert f"  file: {path}, line {line}: {code}\n" in message
+    assert "error: RuntimeError: boom" in message
     assert "statement:" not in message
 
 

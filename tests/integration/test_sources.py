@@ -3,13 +3,17 @@ written to) or a dump file (restored once, by the build-once protocol, then reus
 
 from __future__ import annotations
 
+import gzip
+import subprocess
 from pathlib import Path
 
 import psycopg
 import pytest
 
 from pytest_dbbranch.branching.manager import BranchManager
+from pytest_dbbranch.conninfo import ServerAddress
 from pytest_dbbranch.errors import SourceError
+from pytest_dbbranch.server.binaries import client
 from pytest_dbbranch.settings import Settings
 from tests.helpers import AlembicProject, create_database, databases, drop_database, our_branches, pg_dump
 from tests.integration.support import MakeManager
@@ -129,3 +133,69 @@ def test_dump_path_resolves_against_the_root(make_manager: MakeManager, tmp_path
     with manager.branch() as branch:
         row = branch.connection.execute("SELECT count(*) FROM customers").fetchone()
     assert row == (30,)
+
+
+def write_directory_dump(url: str, dbname: str, folder: Path) -> None:
+    """``pg_dump -Fd``: a folder with ``toc.dat`` and one file per table."""
+    address = ServerAddress.parse(url)
+    argv = [client("pg_dump"), "-Fd", "-f", str(folder), "--no-owner", "--no-privileges"]
+    subprocess.run([*argv, address.conninfo(dbname)], check=True, capture_output=True)
+
+
+@pytest.mark.parametrize("name", ["snapshot.sql.gz", "prod.pgcustom", "snapshot_dir"])
+def test_a_dump_is_known_by_its_content_whatever_its_name(
+    make_manager: MakeManager, alembic_project: AlembicProject, settings: Settings, name: str
+) -> None:
+    """A gzip-compressed plain dump, a ``-Fc`` archive with a suffix of its own, a ``-Fd``
+    folder: each is restored (the review got "source database ... does not exist" for the
+    first two and "the source dump file ... does not exist" for the folder)."""
+    url = str(settings.url)
+    path = alembic_project.root / name
+    scratch = "scratch_for_named_dump"
+    create_database(url, scratch, SNAPSHOT)
+    try:
+        if name.endswith(".gz"):
+            path.write_bytes(gzip.compress(pg_dump(url, scratch)))
+        elif name.endswith(".pgcustom"):
+            path.write_bytes(pg_dump(url, scratch, "-Fc"))
+        else:
+            write_directory_dump(url, scratch, path)
+    finally:
+        drop_database(url, scratch)
+    manager = make_manager(source=name)
+    assert count(manager, "customers") == 30
+    assert manager.stats.sources_restored == 1
+    assert len(our_branches(url, "source")) == 1
+
+
+def test_a_dump_truncated_after_its_head_is_named_damaged(
+    make_manager: MakeManager, alembic_project: AlembicProject, settings: Settings
+) -> None:
+    """A gzip dump cut short (an interrupted download): its start reads fine, so only the
+    restore meets the end; the error still names the file, and nothing half-restored stays."""
+    dump = gzip.compress("".join(f"CREATE TABLE t{i} (id int);\n" for i in range(3000)).encode())
+    (alembic_project.root / "prod.sql.gz").write_bytes(dump[: len(dump) // 2])
+    with pytest.raises(SourceError) as failure:
+        make_manager(source="prod.sql.gz").template()
+    message = str(failure.value)
+    assert f"{alembic_project.root / 'prod.sql.gz'}" in message and "gzip" in message, message
+    assert our_branches(str(settings.url), "source") == []
+
+
+def test_a_failing_statement_early_in_a_large_dump_is_reported(
+    make_manager: MakeManager, alembic_project: AlembicProject, settings: Settings
+) -> None:
+    """psql stops at the first error with most of the dump unread: the error is psql's
+    message (the statement's), not the broken pipe left behind. (A disk that fills during a
+    restore is this case: ``suites/test_disk.py``.)"""
+    pad = "x" * 200
+    (alembic_project.root / "snapshot.sql").write_text(
+        "CREATE TABLE t (id int, pad text);\nSELECT no_such_function();\nCOPY t (id, pad) FROM stdin;\n"
+        + "".join(f"{i}\t{pad}\n" for i in range(20_000))
+        + "\\.\n"
+    )
+    with pytest.raises(SourceError) as failure:
+        make_manager(source="snapshot.sql").template()
+    message = str(failure.value)
+    assert "restoring" in message and "function no_such_function() does not exist" in message, message
+    assert our_branches(str(settings.url), "source") == []

@@ -3,6 +3,7 @@ no server configured (the plugin starts its own), and against an existing server
 
 from __future__ import annotations
 
+import re
 import shutil
 import textwrap
 from collections.abc import Iterator
@@ -10,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_dbbranch.server.embedded import EmbeddedServer
+from pytest_dbbranch.server.binaries import find_bindir
+from pytest_dbbranch.server.embedded import EmbeddedServer, server_major
 from tests.helpers import copy_example, our_branches, run_inner
 
 #: Added to the example's tests: what the embedded default promises.
@@ -47,8 +49,10 @@ def test_example_suite_on_the_embedded_default(pytester: pytest.Pytester, defaul
     assert first.ret == 0, first.stdout.str()
     assert _passed(first) >= 16
     first.stdout.fnmatch_lines(["*templates: *, 3 built*"])
-    homes = list(default_dir.glob("pg-*"))
+    homes = list(default_dir.glob("pg*"))
     assert len(homes) == 1
+    # Keyed by the PostgreSQL major: another version's binaries never start this cluster.
+    assert re.fullmatch(rf"pg{server_major(find_bindir())}-[0-9a-f]{{8}}", homes[0].name), homes
     assert not (homes[0] / "data" / "postmaster.pid").exists(), "server left running"
 
     again = run_inner(pytester, None, DBBRANCH_EMBEDDED_DIR=str(default_dir))

@@ -480,9 +480,10 @@ def test_failures_are_clear_and_never_print_the_password(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Everything a failing run prints at full verbosity: a migration error names the
-    revision, file, statement and database error (no traceback, built once, nothing left);
-    with it fixed, a failed test's branch is kept with its data and its URL printed with the
-    password hidden; ``dbbranch list`` too."""
+    revision, file, statement and database error (no traceback, built once, nothing left),
+    once: the run stops after the first test that meets it (exit 1); with it fixed, a failed
+    test's branch is kept with its data and its URL printed with the password hidden;
+    ``dbbranch list`` too."""
     verbose = ("-rA", "-v", "--log-level=DEBUG", "--dbbranch-keep=failed")
     write_tests(pytester, "test_s", SECRETS)
     broken = alembic_project.add(
@@ -492,13 +493,15 @@ def test_failures_are_clear_and_never_print_the_password(
     assert_clean_failure(
         failed,
         "*Alembic migration failed at revision r3*",
-        "*file: */versions/r3.py*",
+        "*file: */versions/r3.py, line *: op.execute(*",
         "*statement: UPDATE widgets SET nme = 'x'*",
         '*error: UndefinedColumn: column "nme" of relation "widgets" does not exist*',
-        errors=2,
+        errors=1,
         secret=SECRET,
     )
-    # The failed build is dropped, and the second test did not build it again.
+    assert failed.ret == pytest.ExitCode.TESTS_FAILED
+    failed.stdout.fnmatch_lines(["*Interrupted: pytest-dbbranch: Alembic migration failed at revision r3*"])
+    # The failed build is dropped, and no later test built it again.
     assert alembic_project.runs == 1
     assert our_branches(secret_url, "template") == []
     assert our_branches(secret_url) == []

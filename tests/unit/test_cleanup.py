@@ -190,17 +190,27 @@ def test_a_template_being_built_is_not_garbage_because_an_older_one_is_sealed() 
 # ------------------------------------------------------------------------------- sources
 
 
-def test_an_old_restored_dump_goes_only_once_no_template_uses_it() -> None:
+def test_a_restored_dump_goes_once_no_template_uses_it_whatever_its_age() -> None:
+    """After the dump changed (or its templates went), nothing forks from the old restore any
+    more: ``gc`` takes it without ``--older-than`` (it held RAM on the embedded default until
+    someone thought of an age), but never while a live run holds it (a run that restored it
+    and is building its template)."""
     records = [
         record("dbbs-used", "source", ready=True),
         record("dbbs-unused", "source", ready=True),
-        record("dbbs-young", "source", ready=True, created=1900.0),
+        record("dbbs-young", "source", ready=True, created=1999.0),
         record("dbbt-t", "template", group="g", ready=True, parent="dbbs-used"),
     ]
-    assert causes(records) == {}
-    assert causes(records, older_than=500) == {"dbbs-unused": "unused-source", "dbbt-t": "unused-template"}
+    assert causes(records) == {"dbbs-unused": "unused-source", "dbbs-young": "unused-source"}
+    assert reasons(records)["dbbs-unused"] == "restored dump no template uses"
+    assert causes(records, older_than=500) == {
+        "dbbs-unused": "unused-source",
+        "dbbs-young": "unused-source",
+        "dbbt-t": "unused-template",
+    }
     # Only while no live run holds it.
-    assert causes(records, older_than=500, in_use={"dbbs-unused", "dbbt-t"}.__contains__) == {}
+    assert causes(records, in_use={"dbbs-unused", "dbbs-young"}.__contains__) == {}
+    assert causes(records, older_than=500, in_use={"dbbs-unused", "dbbs-young", "dbbt-t"}.__contains__) == {}
 
 
 # ------------------------------------------------------------------------------ together

@@ -20,7 +20,7 @@ import pytest
 
 from pytest_dbbranch.errors import ConfigError
 from pytest_dbbranch.pytest_plugin.factories import MARKER_HELP, branch_fixture
-from pytest_dbbranch.settings import OVERRIDABLE, SPECS, SPECS_BY_NAME, Settings, Spec, resolve
+from pytest_dbbranch.settings import MAX_POOL_SIZE, OVERRIDABLE, SPECS, SPECS_BY_NAME, Settings, Spec, resolve
 from tests.helpers import REPO
 
 MARKER_WHERE = "@pytest.mark.dbbranch on tests/test_x.py::test_a"
@@ -40,6 +40,8 @@ def two_values(spec: Spec) -> list[tuple[str, Any]]:
         others = [c for c in spec.choices if c != spec.default]
         second = others[1] if len(others) > 1 else spec.default
         return [(others[0].upper(), others[0]), (second, second)]
+    if spec.name == "pool_size":  # at most MAX_POOL_SIZE
+        return [("5", 5), ("7", 7)]
     if is_numeric(spec):
         base = spec.default or 0
         return [(str(base + 17), base + 17), (str(base + 23), base + 23)]
@@ -171,8 +173,9 @@ def test_all_levels_at_once(tmp_path: Path) -> None:
         if spec.flag or spec.choices:
             continue  # too few distinct values to give each level its own: covered pairwise
         numeric = is_numeric(spec)
+        first = 2 if spec.name == "pool_size" else 100  # a pool holds at most MAX_POOL_SIZE
         given = {
-            level: (str(100 + i) if numeric else f"{spec.name}_{level}") for i, level in enumerate(LEVELS)
+            level: (str(first + i) if numeric else f"{spec.name}_{level}") for i, level in enumerate(LEVELS)
         }
         given = {level: raw for level, raw in given.items() if level in levels_of(spec)}
         settings = build(spec, given, tmp_path)
@@ -206,9 +209,15 @@ def test_the_default_when_nothing_is_given(tmp_path: Path) -> None:
 
 def test_empty_values_count_as_not_given(tmp_path: Path) -> None:
     """An empty variable, an empty ini line (text or list) and an option left at None all
-    leave the decision to the level below."""
+    leave the decision to the level below. (Except an empty ``DBBRANCH_URL``, an unset CI
+    secret: see ``test_an_empty_url_variable_is_an_error``.)"""
     for spec in SPECS:
         raw, value = two_values(spec)[0]
+        if spec.name == "url":
+            from_ini = resolve(ini={spec.name: raw}, root=tmp_path)
+            assert (from_ini.url, from_ini.origin("url")) == (value, f"ini option {spec.ini}")
+            assert resolve(ini={spec.name: ""}, root=tmp_path).url is None
+            continue
         from_ini = resolve(env={spec.env: ""}, ini={spec.name: raw}, root=tmp_path)
         assert getattr(from_ini, spec.name) == value, spec.name
         assert from_ini.origin(spec.name) == f"ini option {spec.ini}", spec.name
@@ -217,6 +226,7 @@ def test_empty_values_count_as_not_given(tmp_path: Path) -> None:
             assert getattr(resolve(ini={spec.name: empty}, root=tmp_path), spec.name) == spec.default
     options: dict[str, Any] = {spec.name: None for spec in SPECS}
     env = {spec.env: two_values(spec)[0][0] for spec in SPECS}
+    assert env["DBBRANCH_URL"]  # precondition: not the empty case
     settings = resolve(options=options, env=env, root=tmp_path)
     for spec in SPECS:
         assert getattr(settings, spec.name) == two_values(spec)[0][1], spec.name
@@ -327,7 +337,8 @@ def test_numbers_durations_and_ports_are_checked(tmp_path: Path) -> None:
         ],
         "lakebase_port": [("1", 1), ("65535", 65535)],
         "lakebase_budget": [("1", 1), (" 12 ", 12)],
-        "pool_size": [("0", 0), ("auto", None), ("AUTO", None), ("3", 3)],
+        "pool_size": [("0", 0), ("auto", None), ("AUTO", None), ("3", 3), ("16", 16)],
+        "timeout": [("2", 2), ("90s", 90), ("10m", 600), ("1h", 3600)],
     }
     for name, cases in good.items():
         for raw, value in cases:
@@ -336,12 +347,20 @@ def test_numbers_durations_and_ports_are_checked(tmp_path: Path) -> None:
         "lakebase_ttl": ["soon", "0", "-5m", "h"],
         "lakebase_port": ["0", "65536", "http", "5432.0"],
         "lakebase_budget": ["0", "many", "-1"],
-        "pool_size": ["-1", "some"],
+        "pool_size": ["-1", "some", "17", "100000"],
+        "timeout": ["0", "never", "-1m"],
     }
     for name, raws in bad.items():
         for raw in raws:
             message = config_error(resolve, ini={name: raw}, root=tmp_path)
             assert message is not None and message.startswith(f"ini option dbbranch_{name}"), (name, raw)
+
+
+def test_the_timeout_defaults_to_ten_minutes(tmp_path: Path) -> None:
+    """The longest wait for one answer of the server or for another builder's lock."""
+    assert resolve(root=tmp_path).timeout == Settings().timeout == 600
+    assert resolve(env={"DBBRANCH_TIMEOUT": "30s"}, root=tmp_path).timeout == 30
+    assert SPECS_BY_NAME["timeout"].option == "--dbbranch-timeout"
 
 
 def test_pool_size_auto_follows_free_cores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -378,6 +397,36 @@ def test_effective_backend_and_isolation_per_scope() -> None:
 # ------------------------------------------------------------------------ built directly
 
 
+def test_a_huge_warm_pool_is_refused_at_every_level(tmp_path: Path) -> None:
+    """Each pooled branch is a full copy of the template: 100000 would fill the disk (the
+    review saw 221 live branches), so any value above ``MAX_POOL_SIZE`` is a usage error that
+    says why, wherever it was given."""
+    assert MAX_POOL_SIZE == 16
+    spec = SPECS_BY_NAME["pool_size"]
+    assert build(spec, {"env": str(MAX_POOL_SIZE)}, tmp_path).pool_size == MAX_POOL_SIZE
+    for level in levels_of(spec):
+        message = config_error(build, spec, {level: "100000"}, tmp_path)
+        assert message is not None, level
+        assert message.startswith(origin_label(spec, level)), message
+        assert "a warm pool of 100000 branches" in message and "at most 16" in message, message
+    message = config_error(Settings, pool_size=100000)
+    assert message is not None and message.startswith("Settings(pool_size=...): "), message
+
+
+@pytest.mark.parametrize("blank", ["", "  ", "\n"])
+def test_an_empty_url_variable_is_an_error(tmp_path: Path, blank: str) -> None:
+    """``DBBRANCH_URL: ${{ secrets.DB_URL }}`` with the secret unset gives an empty variable:
+    silently starting the embedded server instead would test against the wrong server."""
+    message = config_error(resolve, env={"DBBRANCH_URL": blank}, root=tmp_path)
+    assert message is not None
+    assert message.startswith("environment variable DBBRANCH_URL is set but empty"), message
+    assert "unset the variable" in message
+    # Unset, or given at a higher level, it is no error.
+    assert resolve(env={}, root=tmp_path).url is None
+    given = resolve(options={"url": "postgresql://h/db"}, env={"DBBRANCH_URL": blank}, root=tmp_path)
+    assert given.url == "postgresql://h/db"
+
+
 def test_settings_built_directly_checks_values_like_every_other_level(tmp_path: Path) -> None:
     """A user's script builds ``Settings(...)``: each value goes through the same parser as
     an ini value, with the same outcome, and an error names ``Settings(<name>=...)``."""
@@ -401,6 +450,7 @@ def test_settings_built_directly_checks_values_like_every_other_level(tmp_path: 
         ("pool_size", -1),
         ("pool_size", "auto"),
         ("pool_size", 3),
+        ("pool_size", 100000),
         ("url", "  postgresql://h/db "),
         ("source", "   "),
     ]

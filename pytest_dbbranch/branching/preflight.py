@@ -1,0 +1,43 @@
+"""What can be known wrong about the settings before any server is asked: checked once, at
+the start of a run, so a typo is one usage error instead of the same error for every test."""
+
+from __future__ import annotations
+
+from ..conninfo import ServerAddress
+from ..errors import ConfigError
+from ..migrations.alembic import load_alembic
+from ..server.embedded import check_base_dir
+from ..settings import Settings
+from .sources import parse_source
+
+LIBPQ_MISSING = (
+    "pytest-dbbranch cannot load psycopg ({error}). psycopg needs libpq: install "
+    "'pytest-dbbranch[binary]' (psycopg with its own libpq) or the PostgreSQL client "
+    "library of your system (libpq5, postgresql-libs)"
+)
+
+
+def check(settings: Settings) -> None:
+    """Raise the ``DbBranchError`` a run with these settings would meet first, if any can be
+    found without a server: libpq, the URL's form, the embedded folder and binaries, the
+    source, the Alembic configuration and target, the fingerprint globs."""
+    try:
+        import psycopg  # noqa: F401
+    except ImportError as exc:
+        raise ConfigError(LIBPQ_MISSING.format(error=exc)) from None
+    if settings.url:
+        ServerAddress.parse(settings.url, settings.origin("url"))
+    elif settings.effective_backend == "postgres":
+        folder = settings.resolve_path(settings.embedded_dir) if settings.embedded_dir else None
+        check_base_dir(folder, settings.origin("embedded_dir"))
+    parse_source(settings)
+    ini = settings.alembic_ini_path()
+    if ini is not None:
+        migrator = load_alembic(ini, settings.origin("alembic_ini"))
+        migrator.resolve(settings.revision, settings.origin("revision"))
+    elif settings.revision != "head":
+        raise ConfigError(
+            f"{settings.origin('revision')}: revision {settings.revision!r} is set but no "
+            "alembic.ini is configured (dbbranch_alembic_ini)"
+        )
+    settings.fingerprint_paths()
