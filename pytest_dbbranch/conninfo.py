@@ -132,3 +132,27 @@ def _userinfo_password(raw: str) -> str | None:
 def _mask_userinfo(raw: str) -> str:
     password = _userinfo_password(raw)
     return raw.replace(":" + password + "@", ":***@") if password else raw
+
+
+def describe_connect_error(address: ServerAddress, dbname: str | None, exc: Exception) -> str:
+    """A refused connection in words that say what to fix (the most common causes first)."""
+    text = address.redact(str(exc)).strip()
+    target = address.display_url(dbname)
+    lower = text.lower()
+    if "too many clients" in lower or "connection slots are reserved" in lower:
+        hint = (
+            "the server has no free connection slot (max_connections): run fewer xdist workers "
+            "or concurrent runs, or raise max_connections"
+        )
+    elif "password authentication failed" in lower or "no password supplied" in lower:
+        hint = "check the user and password in the server URL (--dbbranch-url / DBBRANCH_URL)"
+    elif "does not exist" in lower and "database" in lower:
+        hint = "the maintenance database in the server URL does not exist; name one that does"
+    elif "role" in lower and "does not exist" in lower:
+        hint = "the user in the server URL does not exist on the server"
+    else:
+        hint = (
+            "is the server running and reachable? Set --dbbranch-url / DBBRANCH_URL to a "
+            "running server, or unset it to let the plugin start its own"
+        )
+    return f"cannot connect to PostgreSQL at {target}: {text}\n  -> {hint}"

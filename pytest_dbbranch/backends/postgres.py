@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 import psycopg
 from psycopg import sql
 
-from ..conninfo import ServerAddress
+from ..conninfo import ServerAddress, describe_connect_error
 from ..errors import (
     BranchExistsError,
     ConfigError,
@@ -51,29 +51,6 @@ def connect(address: ServerAddress, dbname: str | None = None, **kwargs: Any) ->
         return psycopg.connect(address.conninfo(dbname), connect_timeout=CONNECT_TIMEOUT, **kwargs)
     except psycopg.OperationalError as exc:
         raise ServerError(describe_connect_error(address, dbname, exc)) from None
-
-
-def describe_connect_error(address: ServerAddress, dbname: str | None, exc: Exception) -> str:
-    text = address.redact(str(exc)).strip()
-    target = address.display_url(dbname)
-    lower = text.lower()
-    if "too many clients" in lower or "connection slots are reserved" in lower:
-        hint = (
-            "the server has no free connection slot (max_connections): run fewer xdist workers "
-            "or concurrent runs, or raise max_connections"
-        )
-    elif "password authentication failed" in lower or "no password supplied" in lower:
-        hint = "check the user and password in the server URL (--dbbranch-url / DBBRANCH_URL)"
-    elif "does not exist" in lower and "database" in lower:
-        hint = "the maintenance database in the server URL does not exist; name one that does"
-    elif "role" in lower and "does not exist" in lower:
-        hint = "the user in the server URL does not exist on the server"
-    else:
-        hint = (
-            "is the server running and reachable? Set --dbbranch-url / DBBRANCH_URL to a "
-            "running server, or unset it to let the plugin start its own"
-        )
-    return f"cannot connect to PostgreSQL at {target}: {text}\n  -> {hint}"
 
 
 #: After the admin connection breaks, how long reconnecting may take (a restart, a

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..conninfo import ServerAddress
+from ..conninfo import ServerAddress, describe_connect_error
 from ..errors import ConfigError, DbBranchError, MigrationError, ServerError
 
 _RUNNING = re.compile(r"Running (?:upgrade|downgrade) (\S*) -> (\S+)")
@@ -284,8 +284,6 @@ def _migration_error(
 ) -> DbBranchError:
     original = getattr(exc, "orig", None) or exc
     if _no_connection(original):
-        from ..backends.postgres import describe_connect_error
-
         return ServerError(
             f"Alembic could not connect to the branch it migrates ({direction[:-1]}ing to {target!r}); "
             "nothing is wrong with the migrations: "
