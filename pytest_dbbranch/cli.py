@@ -8,13 +8,13 @@ does not exist, ``diff --fail-on-breaking`` with breaking changes); 2 an error t
 from __future__ import annotations
 
 import argparse
-import configparser
+import contextlib
 import json
 import os
 import shutil
+import subprocess
 import sys
 import time
-import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,35 +26,24 @@ from .settings import SPECS, Settings, resolve
 EXIT_OK, EXIT_NOTHING, EXIT_ERROR, EXIT_REFUSED = 0, 1, 2, 3
 
 
-def ini_values(folder: Path) -> tuple[dict[str, str], Path]:
-    """dbbranch_* values from the same files pytest reads, first match wins (as in pytest):
-    pytest.ini, pyproject.toml [tool.pytest.ini_options], tox.ini / setup.cfg [pytest]."""
-    for directory in (folder, *folder.parents):
-        pytest_ini = directory / "pytest.ini"
-        if pytest_ini.is_file():
-            return _from_cfg(pytest_ini, "pytest"), directory
-        pyproject = directory / "pyproject.toml"
-        if pyproject.is_file():
-            options = tomllib.loads(pyproject.read_text()).get("tool", {}).get("pytest", {})
-            if "ini_options" in options:
-                return _strip(options["ini_options"]), directory
-        for name, section in (("tox.ini", "pytest"), ("setup.cfg", "tool:pytest")):
-            path = directory / name
-            if path.is_file():
-                values = _from_cfg(path, section)
-                if values:
-                    return values, directory
-    return {}, folder
+def ini_values(folder: Path) -> tuple[dict[str, Any], Path]:
+    """dbbranch_* values from exactly the configuration pytest reads when started in
+    ``folder`` (pytest.toml, .pytest.toml, pytest.ini, .pytest.ini, [tool.pytest] or
+    [tool.pytest.ini_options] of pyproject.toml, tox.ini, setup.cfg: pytest's own search),
+    and the folder relative paths are taken from (the configuration file's)."""
+    from _pytest.config.findpaths import locate_config
 
-
-def _from_cfg(path: Path, section: str) -> dict[str, str]:
-    parser = configparser.ConfigParser(interpolation=None)
-    parser.read(path)
-    return _strip(dict(parser[section])) if parser.has_section(section) else {}
-
-
-def _strip(options: dict[str, Any]) -> dict[str, str]:
-    return {k.removeprefix("dbbranch_"): str(v) for k, v in options.items() if k.startswith("dbbranch_")}
+    try:
+        found = locate_config(folder, [])
+    except TypeError:  # pytest before 8.1 took only the arguments
+        found = locate_config([folder])  # type: ignore[call-arg,arg-type,unused-ignore]
+    inipath, config = found[1], found[2]
+    values = {
+        key.removeprefix("dbbranch_"): getattr(value, "value", value)  # pytest 9 wraps values
+        for key, value in config.items()
+        if key.startswith("dbbranch_")
+    }
+    return values, (inipath.parent if inipath is not None else folder)
 
 
 #: The flags of this command line that set a setting: messages name these, not pytest's.
@@ -151,6 +140,32 @@ def cmd_create(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_connect(args: argparse.Namespace) -> int:
+    """Open a kept branch to look at it: psql when installed, else its URL. The embedded
+    server is started for it (on the port it had) and stays up while psql runs, or, with
+    ``--print``, until Enter or Ctrl-C."""
+    from .server.binaries import client_if_any
+
+    with _manager(args) as manager:
+        backend = manager.backend()
+        if backend.describe(args.name) is None:
+            print(
+                f"dbbranch: no branch of ours named {args.name!r} (dbbranch list shows them)", file=sys.stderr
+            )
+            return EXIT_NOTHING
+        address = backend.address(args.name)
+        psql = None if args.print else client_if_any("psql")
+        if psql is not None:
+            return subprocess.run([psql, address.conninfo()], check=False).returncode
+        print(address.url() if args.show_password or not address.password else address.display_url())
+        if not manager.settings.url and not args.no_wait:
+            sys.stdout.flush()
+            print("(the embedded server runs until you press Enter or Ctrl-C)", file=sys.stderr)
+            with contextlib.suppress(KeyboardInterrupt, EOFError):
+                input()
+    return EXIT_OK
+
+
 def cmd_delete(args: argparse.Namespace) -> int:
     from .branching.cleanup import find_orphans
 
@@ -242,7 +257,8 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
     with _manager(args) as manager:
         diff = schema_diff(manager)
-    text = render_json(diff) if args.format == "json" else render_markdown(diff)
+    as_json = args.json or args.format == "json"  # --json, as every subcommand takes it
+    text = render_json(diff) if as_json else render_markdown(diff)
     if args.output:
         Path(args.output).write_text(text)
     else:
@@ -293,6 +309,17 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--name", help="words to put in the branch name")
     create.add_argument("--show-password", action="store_true", help="print the URL with the password")
     create.set_defaults(func=cmd_create)
+
+    connect = sub.add_parser(
+        "connect",
+        parents=[common],
+        help="open a branch with psql (starting the embedded server), or print its URL",
+    )
+    connect.add_argument("name")
+    connect.add_argument("--print", action="store_true", help="print the URL instead of starting psql")
+    connect.add_argument("--show-password", action="store_true", help="print the URL with the password")
+    connect.add_argument("--no-wait", action="store_true", help="with --print: do not keep the server up")
+    connect.set_defaults(func=cmd_connect)
 
     delete = sub.add_parser("delete", parents=[common], help="delete a branch this tool created")
     delete.add_argument("name")

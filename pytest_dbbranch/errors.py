@@ -31,6 +31,9 @@ class SourceError(DbBranchError):
 class MigrationError(DbBranchError):
     """Alembic could not bring a branch to the target revision."""
 
+    #: The migration file and line at fault, where known: reports point at it.
+    location: tuple[str, int] | None = None
+
 
 class EmbeddedServerError(DbBranchError):
     """The plugin could not start its own PostgreSQL server."""
@@ -50,6 +53,9 @@ class BranchExistsError(DbBranchError):
 
 class CheckFailed(DbBranchError):
     """A migration check found a problem in the user's migrations or models."""
+
+    #: The migration file and line at fault, where known: reports point at it.
+    location: tuple[str, int] | None = None
 
 
 class LakebaseOperationError(DbBranchError):

@@ -358,13 +358,20 @@ class Settings:
         return sorted(found)
 
     def alembic_ini_path(self) -> Path | None:
-        """None means: no migrations. Explicit paths are checked later, with a clear error."""
+        """None means: no migrations. Explicit paths are checked later, with a clear error.
+        Unset: ``alembic.ini`` in the root, else a ``pyproject.toml`` there with a
+        ``[tool.alembic]`` table (Alembic 1.16+)."""
         if self.alembic_ini is not None:
             if self.alembic_ini.strip().lower() in ("none", "off", "false"):
                 return None
             return self.resolve_path(self.alembic_ini)
-        default = self.root / "alembic.ini"
-        return default if default.is_file() else None
+        ini = self.root / "alembic.ini"
+        if ini.is_file():
+            return ini
+        pyproject = self.root / "pyproject.toml"
+        if pyproject.is_file() and "[tool.alembic]" in pyproject.read_text(errors="replace"):
+            return pyproject
+        return None
 
     def __repr__(self) -> str:
         """Shown by ``pytest -l`` and in junit XML: never with a password."""
@@ -404,6 +411,16 @@ class Spec:
     @property
     def ini(self) -> str:
         return "dbbranch_" + self.name
+
+    @property
+    def ini_type(self) -> Any:
+        """What a TOML configuration may give besides text: a boolean for a flag, a number
+        for a count or a duration (pytest 9.2+ checks values against it)."""
+        if self.flag:
+            return bool | str
+        if self.parse in (_count, _port, _pool_size, parse_duration):
+            return int | str
+        return None
 
 
 def _choice(choices: tuple[str, ...]) -> Parser:
@@ -491,7 +508,8 @@ def resolve(
             continue
         raw_ini = ini.get(spec.name)
         if raw_ini is not None and raw_ini != "" and raw_ini != []:
-            text = raw_ini if isinstance(raw_ini, str) else " ".join(map(str, raw_ini))
+            # A TOML table gives booleans and numbers as such, a list for an array.
+            text = " ".join(map(str, raw_ini)) if isinstance(raw_ini, list) else _as_text(raw_ini)
             values[spec.name] = spec.parse(text, f"ini option {spec.ini}")
             origins[spec.name] = f"ini option {spec.ini}"
             continue

@@ -11,9 +11,12 @@ import psycopg
 from ..backends import Backend, connect
 from ..errors import DbBranchError, ServerError
 from ..settings import Settings
+from .clients import AsyncSavepointConnection, SavepointConnection, async_engine, require_greenlet, run_async
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
+    from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+    from sqlalchemy.orm import Session
 
     from .pool import WarmPool
 
@@ -48,6 +51,11 @@ class Branch:
         self._connection: psycopg.Connection[Any] | None = None
         self._engine: Engine | None = None
         self._extra: list[psycopg.Connection[Any]] = []
+        self._async_connection: psycopg.AsyncConnection[Any] | None = None
+        self._async_extra: list[psycopg.AsyncConnection[Any]] = []
+        self._async_engine: AsyncEngine | None = None
+        self._sessions: list[Session] = []
+        self._async_sessions: list[AsyncSession] = []
 
     def __repr__(self) -> str:
         return f"<Branch {self.name} at {self.display_url}>"
@@ -81,15 +89,15 @@ class Branch:
         try:
             conn = connect(self.backend, self.name, **kwargs)
         except psycopg.OperationalError as exc:
-            # Our own error, without psycopg's frames: with ``pytest -l`` their locals would
-            # show the conninfo, password included.
-            address = self.backend.address(self.name)
-            message = address.redact(str(exc)).strip()
-            raise ServerError(
-                f"cannot connect to branch {self.name} at {self.display_url}: {message}"
-            ) from None
+            raise self._connect_error(exc) from None
         self._extra.append(conn)
         return conn
+
+    def _connect_error(self, exc: Exception) -> ServerError:
+        """Our own error, raised without psycopg's frames: with ``pytest -l`` their locals
+        would show the conninfo, password included."""
+        message = self.backend.address(self.name).redact(str(exc)).strip()
+        return ServerError(f"cannot connect to branch {self.name} at {self.display_url}: {message}")
 
     def engine(self, **kwargs: Any) -> Engine:
         """A SQLAlchemy engine (psycopg 3 driver) bound to this branch, disposed at teardown."""
@@ -98,6 +106,48 @@ class Branch:
 
             self._engine = create_engine(self.sqlalchemy_url, **kwargs)
         return self._engine
+
+    @property
+    def async_connection(self) -> psycopg.AsyncConnection[Any]:
+        """An async psycopg connection to this branch, opened on first use, closed at teardown."""
+        if self._async_connection is None or self._async_connection.closed:
+            self._async_connection = self.connect_async()
+        return self._async_connection
+
+    def connect_async(self, **kwargs: Any) -> psycopg.AsyncConnection[Any]:
+        """A new async connection (opened outside any event loop; usable in the test's)."""
+        try:
+            conn = run_async(psycopg.AsyncConnection.connect(self.conninfo, **kwargs))
+        except psycopg.OperationalError as exc:
+            message = self.backend.address(self.name).redact(str(exc)).strip()
+            raise ServerError(
+                f"cannot connect to branch {self.name} at {self.display_url}: {message}"
+            ) from None
+        self._async_extra.append(conn)
+        return conn
+
+    def orm_session(self, **kwargs: Any) -> Session:
+        """A SQLAlchemy ORM ``Session`` bound to ``engine()``, closed at teardown."""
+        from sqlalchemy.orm import Session
+
+        session = Session(bind=self.engine(), **kwargs)
+        self._sessions.append(session)
+        return session
+
+    def async_engine(self, **kwargs: Any) -> AsyncEngine:
+        """A SQLAlchemy ``AsyncEngine`` (psycopg 3 async) bound to this branch."""
+        if self._async_engine is None:
+            self._async_engine = async_engine(self.sqlalchemy_url, **kwargs)
+        return self._async_engine
+
+    def orm_async_session(self, **kwargs: Any) -> AsyncSession:
+        """A SQLAlchemy ``AsyncSession`` bound to ``async_engine()``, closed at teardown."""
+        require_greenlet()
+        from sqlalchemy.ext.asyncio import AsyncSession
+
+        session = AsyncSession(bind=self.async_engine(), **kwargs)
+        self._async_sessions.append(session)
+        return session
 
     def upgrade(self, revision: str = "head") -> None:
         """Run Alembic on this branch: seed rows at an old revision, upgrade, assert."""
@@ -112,10 +162,28 @@ class Branch:
         self.revision = revision
 
     def close(self) -> None:
-        """Close every client resource we handed out."""
+        """Close every client resource we handed out, sessions before their engines."""
+        for session in self._sessions:
+            with contextlib.suppress(Exception):
+                session.close()
+        self._sessions.clear()
+        for async_session in self._async_sessions:
+            with contextlib.suppress(Exception):
+                run_async(async_session.close())
+        self._async_sessions.clear()
+        if self._async_engine is not None:
+            with contextlib.suppress(Exception):
+                run_async(self._async_engine.dispose())
+            self._async_engine = None
         if self._engine is not None:
             self._engine.dispose()
             self._engine = None
+        for async_conn in self._async_extra:
+            if not async_conn.closed:
+                with contextlib.suppress(Exception):
+                    run_async(async_conn.close())
+        self._async_extra.clear()
+        self._async_connection = None
         for conn in self._extra:
             if not conn.closed:
                 with contextlib.suppress(psycopg.Error):
@@ -125,32 +193,74 @@ class Branch:
 
 
 class RollbackBranch(Branch):
-    """Isolation by transaction: the test shares its worker's branch and everything it does
-    through ``connection`` is rolled back at teardown (0.2 ms instead of a fork).
+    """Isolation by transaction: the test shares its worker's branch, and everything it does
+    through ``connection``, ``engine()`` and ``orm_session()`` (one connection) is rolled back
+    at teardown (0.2 ms instead of a fork). ``commit()`` there releases a savepoint, so code
+    that commits works; the async clients get a transaction of their own, rolled back too.
 
-    What it cannot isolate: commits (refused inside the transaction), work on other
-    connections, sequences, and anything outside transactions. Pick it for large data where
-    a copy is too slow; pick ``clone`` or ``branch`` for code that commits.
+    What it cannot isolate: connections opened with ``connect()``, sequences, and anything
+    outside transactions (``VACUUM``, ``CREATE DATABASE``). Pick it for large data where a copy
+    is too slow; pick ``clone`` or ``branch`` for code that opens its own connections.
     """
 
-    _transaction: Any = None
     #: The worker's long-lived connection to the shared branch: opening one per test would
     #: cost ten times the rollback itself.
-    shared: psycopg.Connection[Any] | None = None
+    shared: SavepointConnection | None = None
 
     @property
     def connection(self) -> psycopg.Connection[Any]:
         if self._connection is None or self._connection.closed:
             conn = self.shared
             if conn is None or conn.closed or conn.broken:
-                conn = psycopg.connect(self.conninfo)
+                conn = SavepointConnection.connect(self.conninfo)
                 self.shared = conn
-            if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-                conn.rollback()
-            self._transaction = conn.transaction(force_rollback=True)
-            self._transaction.__enter__()
+            conn.arm()
             self._connection = conn
         return self._connection
+
+    def engine(self, **kwargs: Any) -> Engine:
+        """An engine on the test's own transaction: its commits are savepoints too."""
+        if self._engine is None:
+            from sqlalchemy import create_engine
+            from sqlalchemy.pool import StaticPool
+
+            conn = self.connection
+            self._engine = create_engine(
+                "postgresql+psycopg://",
+                creator=lambda: conn,
+                poolclass=StaticPool,
+                pool_reset_on_return=None,
+                **kwargs,
+            )
+        return self._engine
+
+    def connect_async(self, **kwargs: Any) -> psycopg.AsyncConnection[Any]:
+        async def open_armed() -> AsyncSavepointConnection:
+            conn = await AsyncSavepointConnection.connect(self.conninfo, **kwargs)
+            await conn.arm()
+            return conn
+
+        conn = run_async(open_armed())
+        self._async_extra.append(conn)
+        return conn
+
+    def async_engine(self, **kwargs: Any) -> AsyncEngine:
+        if self._async_engine is None:
+            from sqlalchemy.pool import StaticPool
+
+            conn = self.async_connection
+
+            async def creator() -> psycopg.AsyncConnection[Any]:
+                return conn
+
+            self._async_engine = async_engine(
+                "postgresql+psycopg://",
+                async_creator=creator,
+                poolclass=StaticPool,
+                pool_reset_on_return=None,
+                **kwargs,
+            )
+        return self._async_engine
 
     def upgrade(self, revision: str = "head") -> None:
         raise DbBranchError(
@@ -159,14 +269,24 @@ class RollbackBranch(Branch):
         )
 
     def close(self) -> None:
-        """Roll back and keep the shared connection for the worker's next test."""
-        conn = self._connection
-        if self._transaction is not None and conn is not None and not conn.closed:
+        """Roll everything back; keep the shared connection for the worker's next test."""
+        for async_conn in self._async_extra:
+            if isinstance(async_conn, AsyncSavepointConnection) and not async_conn.closed:
+                with contextlib.suppress(Exception):
+                    run_async(async_conn.disarm())
+        conn = self.shared
+        if self._connection is not None and conn is not None and not conn.closed:
             try:
-                self._transaction.__exit__(None, None, None)
+                conn.disarm()
             except psycopg.Error:
                 with contextlib.suppress(psycopg.Error):
                     conn.close()
-        self._transaction = None
         self._connection = None
+        extra, self._extra = self._extra, []
         super().close()
+        self._extra = extra
+        for other in extra:
+            if other is not conn and not other.closed:
+                with contextlib.suppress(psycopg.Error):
+                    other.close()
+        self._extra.clear()

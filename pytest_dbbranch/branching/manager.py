@@ -25,6 +25,7 @@ from ..backends import Backend, Tag, backend_key, open_backend, run_lock, use_lo
 from ..conninfo import ServerAddress
 from ..errors import ConfigError, DbBranchError, ParentMissingError
 from ..migrations.alembic import load_alembic
+from ..progress import Progress
 from ..server.embedded import EmbeddedServer, stale_clusters
 from ..settings import Settings
 from .branch import Branch, RollbackBranch
@@ -37,6 +38,7 @@ from .cleanup import (
     liveness,
     stale_templates,
 )
+from .clients import SavepointConnection
 from .pool import WarmPool
 from .stats import Stats
 from .templates import TemplatePlan, ensure_template
@@ -59,8 +61,11 @@ class BranchManager:
         worker_id: str | None = None,
         stats: Stats | None = None,
         reap_on_start: bool = True,
+        progress: Progress | None = None,
     ) -> None:
         self.settings = settings
+        #: Where the steps of a long build are reported (silent by default).
+        self.progress = progress or Progress()
         self.reap_on_start = reap_on_start
         self.run_id = run_id or names.new_run_id()
         self.worker_id = worker_id
@@ -72,7 +77,7 @@ class BranchManager:
         self._worker_branches: dict[str, tuple[str, Backend]] = {}
         self._worker_branch_owners: list[tuple[str, Backend, Backend | None]] = []
         self._pools: dict[str, WarmPool] = {}
-        self._shared_connections: dict[str, psycopg.Connection[Any]] = {}
+        self._shared_connections: dict[str, SavepointConnection] = {}
         self._embedded: EmbeddedServer | None = None
         self._templates: dict[tuple[Any, ...], TemplatePlan] = {}
         self._failures: dict[tuple[Any, ...], DbBranchError] = {}
@@ -190,7 +195,7 @@ class BranchManager:
                 plan = TemplatePlan(settings, backend)
                 # Before looking: from now on no other run drops it while this one may fork.
                 backend.hold(use_lock(plan.name))
-                ensure_template(plan, backend, run_id=self.run_id, stats=self.stats)
+                ensure_template(plan, backend, run_id=self.run_id, stats=self.stats, progress=self.progress)
             except DbBranchError as exc:
                 self._failures[key] = exc
                 raise

@@ -19,6 +19,7 @@ import filelock
 from ..backends import Backend, BranchRecord, Tag, build_lock
 from ..errors import BranchExistsError, DbBranchError
 from ..names import generated_kind
+from ..progress import Progress
 
 #: An unsealed object this long after creation was abandoned by a dead builder.
 BUILD_TIMEOUT = 1800.0
@@ -37,6 +38,7 @@ def ensure_sealed(
     build: Callable[[], None],
     run_id: str,
     reusable: Callable[[BranchRecord], bool] = is_sealed,
+    progress: Progress | None = None,
 ) -> bool:
     """Make sure ``name`` exists, built and sealed; True when this call built it.
 
@@ -73,7 +75,8 @@ def ensure_sealed(
         parent_name = parent()
         full_tag = replace(tag, parent=parent_name)
         try:
-            backend.fork(name, parent_name, full_tag)
+            with (progress or Progress()).step(f"copying {parent_name} into {name}"):
+                backend.fork(name, parent_name, full_tag)
         except BranchExistsError:
             wait_until_sealed(backend, name, backend.timeout)
             return False

@@ -20,6 +20,7 @@ from typing import Literal
 from ..backends import Backend, Tag, use_lock
 from ..errors import SourceError
 from ..names import short_hash, source_name
+from ..progress import Progress
 from ..settings import Settings
 from .dumps import detect_format, restore
 from .sealing import ensure_sealed
@@ -74,7 +75,9 @@ def content_hash(path: Path) -> str:
     return digest.hexdigest()
 
 
-def resolve_parent(source: Source, backend: Backend, *, run_id: str, stats: Stats) -> str:
+def resolve_parent(
+    source: Source, backend: Backend, *, run_id: str, stats: Stats, progress: Progress | None = None
+) -> str:
     """Name of the branch templates are forked from, restoring a dump once when needed."""
     if source.kind == "empty":
         return backend.empty_parent
@@ -92,9 +95,21 @@ def resolve_parent(source: Source, backend: Backend, *, run_id: str, stats: Stat
         name,
         tag=Tag(kind="source", run=run_id, parent="", fingerprint=source.identity),
         parent=lambda: backend.empty_parent,
-        build=lambda: restore(Path(source.location), backend, name, source.where),
+        build=lambda: _restore(source, backend, name, progress or Progress()),
         run_id=run_id,
     )
     stats.sources_restored += int(built)
     backend.hold(use_lock(name))
     return name
+
+
+def _restore(source: Source, backend: Backend, name: str, progress: Progress) -> None:
+    path = Path(source.location)
+    size = (
+        sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+        if path.is_dir()
+        else path.stat().st_size
+    )
+    shown = f"{size / 1e6:.1f} MB" if size >= 100_000 else f"{size / 1e3:.0f} kB"
+    with progress.step(f"restoring {path.name} ({shown})"):
+        restore(path, backend, name, source.where)

@@ -6,10 +6,13 @@ of everything that shapes it. Every branch of a test is a copy of one.
 
 from __future__ import annotations
 
+import time
+
 from .. import names
 from ..backends import Backend, BranchRecord, Tag
 from ..errors import ConfigError
 from ..migrations.alembic import AlembicMigrator, load_alembic
+from ..progress import Progress
 from ..settings import Settings
 from .fingerprint import fingerprint, template_group
 from .sealing import ensure_sealed
@@ -55,8 +58,12 @@ class TemplatePlan:
         self.name = names.template_name(self.group, self.fingerprint)
 
 
-def ensure_template(plan: TemplatePlan, backend: Backend, *, run_id: str, stats: Stats) -> None:
+def ensure_template(
+    plan: TemplatePlan, backend: Backend, *, run_id: str, stats: Stats, progress: Progress | None = None
+) -> None:
     """Find the sealed template of ``plan`` or build it: fork the source, migrate, seal."""
+    progress = progress or Progress()
+    started = time.perf_counter()
 
     def reusable(record: BranchRecord) -> bool:
         # --dbbranch-rebuild rebuilds once per run: what this run sealed is fresh.
@@ -65,18 +72,20 @@ def ensure_template(plan: TemplatePlan, backend: Backend, *, run_id: str, stats:
     def build() -> None:
         if plan.migrator is not None:
             with stats.timed("migrate_seconds"):
-                plan.migrator.upgrade(backend.address(plan.name), plan.target)
+                plan.migrator.upgrade(backend.address(plan.name), plan.target, progress=progress)
 
     built = ensure_sealed(
         backend,
         plan.name,
         tag=Tag(kind="template", run=run_id, parent="", fingerprint=plan.fingerprint, group=plan.group),
-        parent=lambda: resolve_parent(plan.source, backend, run_id=run_id, stats=stats),
+        parent=lambda: resolve_parent(plan.source, backend, run_id=run_id, stats=stats, progress=progress),
         build=build,
         run_id=run_id,
         reusable=reusable,
+        progress=progress,
     )
     if built:
+        progress.note(f"template {plan.name} ready, built in {time.perf_counter() - started:.1f} s")
         stats.template_builds += 1
     else:
         stats.template_hits += 1

@@ -9,6 +9,7 @@ The built-in fixtures are made by the same factory, so a custom fixture behaves 
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -50,7 +51,6 @@ def branch_fixture(
         ", ".join(f"{k}=..." if k == "url" else f"{k}={v!r}" for k, v in given.items())
     )
 
-    @pytest.fixture(scope=scope)
     def _branch(request: pytest.FixtureRequest) -> Iterator[Branch]:
         failure: str | None = None
         overridden = bool(given)
@@ -88,4 +88,45 @@ def branch_fixture(
             if failure is not None:
                 pytest.fail(f"pytest-dbbranch: {failure}", pytrace=False)
 
-    return _branch
+    # Read by the prebuild (which templates the collected tests will fork) before any test.
+    _branch.dbbranch_factory = (scope, given)  # type: ignore[attr-defined]
+    return pytest.fixture(scope=scope)(_branch)
+
+
+#: The branch fixture each scope's client fixtures are views of.
+INFO_FIXTURES = {
+    "function": "db_branch_info",
+    "module": "db_branch_module_info",
+    "session": "db_branch_session_info",
+}
+
+_CLIENTS = {
+    "connection": "a psycopg connection",
+    "async_connection": "a psycopg AsyncConnection",
+    "engine": "a SQLAlchemy Engine",
+    "orm_session": "a SQLAlchemy ORM Session",
+    "orm_async_session": "a SQLAlchemy AsyncSession",
+}
+_SHARED_BY = {
+    "function": "this test's own branch",
+    "module": "a branch shared by the tests of one module",
+    "session": "a branch shared by the whole session (per xdist worker)",
+}
+
+
+def client_fixture(scope: Scope, client: str) -> Any:
+    """A fixture handing out one client of the branch of ``scope``'s branch fixture, closed at
+    that branch's teardown. Its dependency is declared (not looked up), so pytest's fixture
+    closure says which tests use a branch."""
+    info = INFO_FIXTURES[scope]
+
+    def fixture(**kwargs: Any) -> Any:
+        branch = kwargs[info]
+        made = getattr(branch, client)
+        return made() if callable(made) else made
+
+    fixture.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [inspect.Parameter(info, inspect.Parameter.KEYWORD_ONLY)]
+    )
+    fixture.__doc__ = f"{_CLIENTS[client].capitalize()} to {_SHARED_BY[scope]}."
+    return pytest.fixture(scope=scope)(fixture)

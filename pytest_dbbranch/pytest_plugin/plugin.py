@@ -12,16 +12,15 @@ import pytest
 
 from .. import names
 from ..errors import ConfigError, DbBranchError
+from ..progress import Progress, Writer
 from ..settings import SPECS, Settings, resolve
-from .factories import MARKER_HELP, branch_fixture
+from .factories import MARKER_HELP, branch_fixture, client_fixture
 from .items import make_items
+from .prebuild import forget_requests, read_request, template_requests, variants, write_request
 from .signals import stop_when_orphaned, terminate_like_ctrl_c
-from .state import STATE, RunState
+from .state import STATE, RunState, fatal_exit_code
 
 if TYPE_CHECKING:
-    import psycopg
-    from sqlalchemy.engine import Engine
-
     from ..branching.branch import Branch
     from ..branching.manager import BranchManager
     from ..emulator import LakebaseEmulator
@@ -37,7 +36,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             group.addoption(spec.option, dest=spec.dest, action="store_true", default=None, help=text)
         else:
             group.addoption(spec.option, dest=spec.dest, default=None, help=text, choices=spec.choices)
-        parser.addini(spec.ini, spec.help, default=None)
+        try:
+            parser.addini(spec.ini, spec.help, type=spec.ini_type, default=None)
+        except (TypeError, ValueError, AssertionError, KeyError):
+            parser.addini(spec.ini, spec.help, default=None)  # pytest before 9.2: text only
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -74,9 +76,21 @@ class _XdistHooks:
 
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
+        self.prepared = False
 
     def pytest_configure_node(self, node: Any) -> None:
         node.workerinput["dbbranch_run_id"] = self.config.stash[STATE].run_id
+
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
+        """The first worker to report its collection says what templates the run needs: the
+        controller builds them before any test is scheduled."""
+        if self.prepared:
+            return
+        self.prepared = True
+        state = self.config.stash[STATE]
+        requests = read_request(state.run_id, node.gateway.id)
+        if requests:
+            _prepare(self.config, state, requests)
 
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
         output = getattr(node, "workeroutput", {}) or {}
@@ -110,23 +124,58 @@ def pytest_collection_modifyitems(
 
         checks = [c for c in CHECKS if c != "models-match" or state.settings.models]
         items[:0] = make_items(session, items, checks)
-    if any("dbbranch_manager" in getattr(item, "fixturenames", ()) for item in items):
-        _preflight(session, state, items)
 
 
-def _preflight(session: pytest.Session, state: RunState, items: list[pytest.Item]) -> None:
-    """A configuration error is one usage error (exit 4) before any test, not the same error
-    for every test. xdist workers cannot raise a usage error, so they collect nothing and
-    stop; the controller reports the error."""
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Once the items are final (after -k and -m): what templates they fork from. An xdist
+    worker writes it down for the controller (first, before xdist reports the collection);
+    without xdist this process checks the settings and builds them now."""
+    state = session.config.stash.get(STATE, None)
+    if state is None or session.config.option.collectonly:
+        return
+    requests = template_requests(session.items)
+    if getattr(session.config, "workerinput", None) is not None:
+        write_request(state.run_id, state.worker_id or "gw", requests)
+    elif requests:
+        _prepare(session.config, state, requests)
+
+
+def _prepare(config: pytest.Config, state: RunState, requests: list[dict[str, str]]) -> None:
+    """Check the settings, then build every template the tests fork from, outside any test.
+    A configuration error is one usage error (exit 4) and no test runs; a template of the
+    run's own settings that does not build stops the run with its error; a marker's template
+    that does not build fails only the tests that use it."""
     from ..branching.preflight import check
 
     try:
         check(state.settings)
     except DbBranchError as exc:
-        if getattr(session.config, "workerinput", None) is None:
-            raise pytest.UsageError(f"pytest-dbbranch: {exc}") from None
-        items.clear()
-        state.stop(session, str(exc), int(pytest.ExitCode.USAGE_ERROR))
+        raise pytest.UsageError(f"pytest-dbbranch: {exc}") from None
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    manager = state.get_manager()
+    manager.progress = Progress(_terminal_writer(reporter)) if reporter is not None else manager.progress
+    for settings in variants(state.settings, requests):
+        try:
+            manager.plan(settings)
+        except DbBranchError as exc:
+            if settings is not state.settings and settings != state.settings:
+                continue
+            code = fatal_exit_code(exc) or int(pytest.ExitCode.TESTS_FAILED)
+            if code == pytest.ExitCode.USAGE_ERROR:
+                raise pytest.UsageError(f"pytest-dbbranch: {exc}") from None
+            pytest.exit(f"pytest-dbbranch: {exc}", returncode=code)
+
+
+def _terminal_writer(reporter: Any) -> Writer:
+    def write(text: str, end: bool) -> None:
+        if end:
+            reporter.write_line(text)
+        else:
+            reporter.ensure_newline()
+            reporter.write(text)
+
+    return write
 
 
 @pytest.hookimpl(trylast=True)
@@ -143,6 +192,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         state.kept_lines.extend(_kept_line(b) for b in state.manager.kept)
         state.notes.extend(n for n in state.manager.notes if n not in state.notes)
         state.close()
+    if getattr(session.config, "workerinput", None) is None:
+        forget_requests(state.run_id)
     if workeroutput is not None:
         workeroutput["dbbranch_kept"] = list(state.kept_lines)
         workeroutput["dbbranch_stats"] = state.stats.to_dict()
@@ -201,10 +252,27 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         for branch in _branches_of(item):
             branch.failed = True
             if branch.settings.keep in ("failed", "always"):
-                report.sections.append(
-                    (_SECTION, f"branch {branch.name} is kept for inspection: {branch.display_url}\n")
+                hint = (
+                    ""
+                    if branch.settings.url
+                    else f" (`dbbranch connect {branch.name}` opens it after the run)"
                 )
+                report.sections.append(
+                    (_SECTION, f"branch {branch.name} is kept for inspection: {branch.display_url}{hint}\n")
+                )
+        location = getattr(call.excinfo.value, "location", None) if call.excinfo else None
+        if location is not None:
+            # A migration at fault: junit XML and CI annotations point at its file and line.
+            path, line = location
+            report.location = (_relative(item.config, path), line - 1, report.location[2])
     return report
+
+
+def _relative(config: pytest.Config, path: str) -> str:
+    try:
+        return os.path.relpath(path, config.rootpath)
+    except ValueError:  # another drive (Windows)
+        return path
 
 
 def _branches_of(item: pytest.Item) -> Iterator[Branch]:
@@ -240,11 +308,23 @@ def _kept_line(branch: Branch) -> str:
 
 
 @pytest.fixture(scope="session")
-def dbbranch_settings(pytestconfig: pytest.Config) -> Settings:
-    """The resolved settings. Override this fixture (in a conftest) to compute them yourself,
-    for example to point the plugin at a server a fixture starts: the branch fixtures, the
-    manager, the migration checks and the schema diff all use what it returns."""
-    return pytestconfig.stash[STATE].settings
+def dbbranch_url() -> str | None:
+    """The server to branch on, from a fixture: override it in a conftest to hand the plugin a
+    server your session starts (a testcontainers ``PostgresContainer``, a server of your own).
+    None (the default) leaves the settings' URL, or the embedded server."""
+    return None
+
+
+@pytest.fixture(scope="session")
+def dbbranch_settings(pytestconfig: pytest.Config, dbbranch_url: str | None) -> Settings:
+    """The resolved settings. Override this fixture (in a conftest) to compute them yourself:
+    the branch fixtures, the manager, the migration checks and the schema diff all use what it
+    returns. (Templates are then built by the first test that needs one, not before.)"""
+    settings: Settings = pytestconfig.stash[STATE].settings
+    if dbbranch_url:
+        origins = {**settings.origins, "url": "the dbbranch_url fixture"}
+        settings = replace(settings, url=dbbranch_url, origins=origins)
+    return settings
 
 
 @pytest.fixture(scope="session")
@@ -255,33 +335,31 @@ def dbbranch_manager(pytestconfig: pytest.Config, dbbranch_settings: Settings) -
     return state.get_manager()
 
 
+# The branches, one per scope; every client fixture below is a view of one of them.
 db_branch_info = branch_fixture("function")
 db_branch_module_info = branch_fixture("module")
 db_branch_session_info = branch_fixture("session")
 
-
-@pytest.fixture
-def db_branch(db_branch_info: Branch) -> psycopg.Connection[Any]:
-    """A psycopg connection to this test's own branch of the migrated snapshot."""
-    return db_branch_info.connection
-
-
-@pytest.fixture(scope="module")
-def db_branch_module(db_branch_module_info: Branch) -> psycopg.Connection[Any]:
-    """A connection to a branch shared by the tests of one module."""
-    return db_branch_module_info.connection
-
-
-@pytest.fixture(scope="session")
-def db_branch_session(db_branch_session_info: Branch) -> psycopg.Connection[Any]:
-    """A connection to a branch shared by the whole session (per xdist worker)."""
-    return db_branch_session_info.connection
-
-
-@pytest.fixture
-def db_branch_engine(db_branch_info: Branch) -> Engine:
-    """A SQLAlchemy engine bound to this test's branch."""
-    return db_branch_info.engine()
+#: psycopg connections (``db_branch`` is the test's own branch of the migrated snapshot).
+db_branch = client_fixture("function", "connection")
+db_branch_module = client_fixture("module", "connection")
+db_branch_session = client_fixture("session", "connection")
+#: psycopg ``AsyncConnection`` s, for pytest-asyncio and anyio tests.
+db_branch_async = client_fixture("function", "async_connection")
+db_branch_module_async = client_fixture("module", "async_connection")
+db_branch_session_async = client_fixture("session", "async_connection")
+#: SQLAlchemy engines (psycopg 3).
+db_branch_engine = client_fixture("function", "engine")
+db_branch_module_engine = client_fixture("module", "engine")
+db_branch_session_engine = client_fixture("session", "engine")
+#: SQLAlchemy ORM sessions; in rollback isolation their commits are savepoints.
+db_branch_orm = client_fixture("function", "orm_session")
+db_branch_module_orm = client_fixture("module", "orm_session")
+db_branch_session_orm = client_fixture("session", "orm_session")
+#: SQLAlchemy ``AsyncSession`` s (the ``[async]`` extra brings greenlet).
+db_branch_orm_async = client_fixture("function", "orm_async_session")
+db_branch_module_orm_async = client_fixture("module", "orm_async_session")
+db_branch_session_orm_async = client_fixture("session", "orm_async_session")
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,7 @@ import inspect
 import sys
 import textwrap
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -23,7 +24,8 @@ from ..branching.sources import resolve_parent
 from ..branching.templates import TemplatePlan
 from ..conninfo import ServerAddress
 from ..errors import CheckFailed, ConfigError, MigrationError
-from ..migrations.alembic import AlembicMigrator, current_revisions, load_alembic, revisions_since
+from ..migrations.alembic import AlembicMigrator, load_alembic
+from ..migrations.versions import current_revisions, revisions_since
 from ..settings import Settings
 
 if TYPE_CHECKING:
@@ -74,9 +76,12 @@ class MigrationChecks:
             try:
                 self._migrator.upgrade(address, self.plan.target)
             except MigrationError as exc:
-                raise CheckFailed(
-                    f"the upgrade from the source's revision ({_revs(base)}) to {self.plan.target} "
-                    f"fails on production-shaped data:\n{exc}"
+                raise _located(
+                    exc,
+                    CheckFailed(
+                        f"the upgrade from the source's revision ({_revs(base)}) to {self.plan.target} "
+                        f"fails on production-shaped data:\n{exc}"
+                    ),
                 ) from None
 
     def idempotent(self) -> None:
@@ -100,12 +105,14 @@ class MigrationChecks:
         problems: list[str] = []
         with self._source_branch("reversible") as address:
             base = self._revisions(address)
-            scripts = revisions_since(migrator, base, self.plan.target)
-            for script in scripts:
-                if not _has_downgrade(script):
-                    problems.append(f"revision {script.revision} ({script.path}) has no downgrade")
-            if problems:
-                raise CheckFailed("\n".join(problems))
+            scripts = revisions_since(migrator.script, base, self.plan.target)
+            missing = [script for script in scripts if not _has_downgrade(script)]
+            if missing:
+                failure = CheckFailed(
+                    "\n".join(f"revision {s.revision} ({s.path}) has no downgrade" for s in missing)
+                )
+                failure.location = (missing[0].path, _downgrade_line(missing[0]))
+                raise failure
             for script in scripts:
                 down = script.down_revision
                 if isinstance(down, tuple | list):
@@ -116,8 +123,12 @@ class MigrationChecks:
                 try:
                     migrator.downgrade(address, down or "base")
                 except MigrationError as exc:
-                    raise CheckFailed(
-                        f"revision {script.revision}: its downgrade fails on production-shaped data:\n{exc}"
+                    raise _located(
+                        exc,
+                        CheckFailed(
+                            f"revision {script.revision}: its downgrade fails on production-shaped "
+                            f"data:\n{exc}"
+                        ),
                     ) from None
                 back = self._schema(address)
                 if not _same(back, before):
@@ -270,3 +281,21 @@ def _describe(difference: Any) -> str:
 
 def _revs(revisions: tuple[str, ...]) -> str:
     return ", ".join(revisions) if revisions else "empty"
+
+
+def _located(cause: MigrationError, failure: CheckFailed) -> CheckFailed:
+    """The check's failure points at the migration file and line the migration error names."""
+    failure.location = cause.location
+    return failure
+
+
+def _downgrade_line(script: Any) -> int:
+    """The line of a revision's ``def downgrade`` (1 when it has none)."""
+    try:
+        text = Path(script.path).read_text().splitlines()
+    except OSError:
+        return 1
+    for number, line in enumerate(text, start=1):
+        if line.lstrip().startswith("def downgrade"):
+            return number
+    return 1

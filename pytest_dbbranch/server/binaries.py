@@ -74,3 +74,11 @@ def client(name: str) -> str:
         f"{name} is needed to restore the source dump but was not found: install "
         "'pytest-dbbranch[embedded]' or the PostgreSQL client tools"
     )
+
+
+def client_if_any(name: str) -> str | None:
+    """A client program, or None where none is installed (``client`` raises instead)."""
+    try:
+        return client(name)
+    except SourceError:
+        return None

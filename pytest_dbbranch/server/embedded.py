@@ -26,7 +26,7 @@ import filelock
 from ..conninfo import ServerAddress
 from ..errors import EmbeddedServerError
 from .binaries import find_bindir
-from .process import free_port, pid_alive
+from .process import free_port, pid_alive, port_is_free
 
 if TYPE_CHECKING:
     import pwd
@@ -309,9 +309,12 @@ class EmbeddedServer:
         staging.rename(self.data)
 
     def _start(self) -> int:
+        """Start on the port this data folder had before, when it is free: a URL printed for
+        a kept branch stays right for the next start (``dbbranch connect``)."""
         last_error = ""
-        for _attempt in range(5):
-            port = free_port()
+        for attempt in range(5):
+            port = self._remembered_port() if attempt == 0 else None
+            port = port or free_port()
             options = dict(SERVER_SETTINGS, port=str(port), unix_socket_directories=str(self.home))
             opts = " ".join(f"-c {key}={value}" for key, value in options.items())
             result = self._pg_ctl(
@@ -328,11 +331,20 @@ class EmbeddedServer:
                 check=False,
             )
             if result.returncode == 0:
+                with contextlib.suppress(OSError):
+                    (self.home / "port").write_text(str(port))
                 return port
             last_error = (result.stderr or result.stdout).strip() + "\n" + self.log_tail()
         raise EmbeddedServerError(
             f"the embedded PostgreSQL server did not start (data dir {self.data}): {last_error}"
         )
+
+    def _remembered_port(self) -> int | None:
+        try:
+            port = int((self.home / "port").read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return port if port_is_free(port) else None
 
     def log_tail(self, lines: int = 8) -> str:
         """The end of the server's log: why it died, when it did (a full disk, a kill)."""

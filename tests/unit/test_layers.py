@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "pytest_dbbranch"
 
 #: Lowest first. A module may import its own unit and units of lower layers only.
 LAYERS: list[set[str]] = [
-    {"_version", "errors"},
+    {"_version", "errors", "progress"},
     {"conninfo", "names"},
     {"settings"},
     {"schema", "server"},

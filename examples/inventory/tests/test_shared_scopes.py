@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import psycopg
+import pytest
 from inventory.repository import stock_by_location
 
 from pytest_dbbranch import Branch
@@ -21,20 +22,29 @@ Conn = psycopg.Connection[Any]
 
 
 # --- module scope ---------------------------------------------------------------
-# These two tests share state ON PURPOSE: step 2 relies on what step 1
-# committed, so run them together and in file order (with pytest-xdist, use
-# --dist loadfile or loadscope so they land on the same worker).
+# The tests of this module share one branch. What they share is set up once, by a
+# module fixture, never by another test: they pass in any order and on any xdist
+# worker (a worker that runs only one of them makes its own module branch).
 
 
-def test_module_step_1_open_new_location(db_branch_module: Conn) -> None:
+@pytest.fixture(scope="module")
+def pop_up_store(db_branch_module: Conn) -> Conn:
+    """The module's branch with a new, empty location: WH06."""
     db_branch_module.execute("INSERT INTO locations (code, name) VALUES ('WH06', 'Antwerp pop-up store')")
     db_branch_module.commit()
+    return db_branch_module
 
 
-def test_module_step_2_new_location_is_listed(db_branch_module: Conn) -> None:
-    stock = stock_by_location(db_branch_module)
+def test_module_new_location_is_listed(pop_up_store: Conn) -> None:
+    stock = stock_by_location(pop_up_store)
     assert stock["WH06"] == 0
-    db_branch_module.rollback()
+    pop_up_store.rollback()
+
+
+def test_module_new_location_is_there_once(pop_up_store: Conn) -> None:
+    row = pop_up_store.execute("SELECT count(*) FROM locations WHERE code = 'WH06'").fetchone()
+    assert row == (1,)
+    pop_up_store.rollback()
 
 
 def test_function_branch_does_not_see_module_branch(
