@@ -47,7 +47,7 @@ def test_example_suite_on_the_embedded_default(pytester: pytest.Pytester, defaul
     assert first.ret == 0, first.stdout.str()
     assert _passed(first) >= 16
     first.stdout.fnmatch_lines(["*templates: *, 3 built*"])
-    homes = list(default_dir.glob("pg-*"))
+    homes = list(default_dir.glob("pg*"))
     assert len(homes) == 1
     assert not (homes[0] / "data" / "postmaster.pid").exists(), "server left running"
 
