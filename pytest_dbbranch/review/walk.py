@@ -31,7 +31,8 @@ HISTORY_TABLES = ("alembic_version", "flyway_schema_history")
 class State:
     schema: Schema
     rows: dict[str, TableState]
-    #: The revisions the branch records as applied (its heads).
+    #: The newest revisions the branch records as applied (its heads: one on a linear
+    #: history), whatever the tool records (Alembic its heads, Flyway every version).
     applied: tuple[str, ...]
 
 
@@ -70,6 +71,7 @@ class Walk:
         self.data = data
         self._stack = contextlib.ExitStack()
         self._restarts = 0
+        self._downs: dict[str, tuple[str, ...]] | None = None
         self.address: ServerAddress = self._fresh()
 
     def __enter__(self) -> Walk:
@@ -99,8 +101,14 @@ class Walk:
             return State(
                 schema=read_schema(conn),
                 rows=read_state(conn, self.data, HISTORY_TABLES),
-                applied=self.migrator.applied(self.address),
+                applied=self._heads(self.migrator.applied(self.address)),
             )
+
+    def _heads(self, applied: tuple[str, ...]) -> tuple[str, ...]:
+        if self._downs is None:
+            self._downs = {revision.id: revision.down for revision in self.migrator.revisions()}
+        followed = {down for revision in applied for down in self._downs.get(revision, ())}
+        return tuple(revision for revision in applied if revision not in followed)
 
     def pending(self, target: str) -> list[Revision]:
         return self.migrator.pending(self.migrator.applied(self.address), target)

@@ -11,7 +11,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from pytest_dbbranch.errors import CheckNotApplicable, ConfigError, MigrationError
+from pytest_dbbranch.errors import CheckFailed, CheckNotApplicable, ConfigError, MigrationError
 from pytest_dbbranch.migrations import load_migrator
 from pytest_dbbranch.review import MigrationChecks
 from pytest_dbbranch.settings import Settings
@@ -153,3 +153,40 @@ def test_alembic_named_but_missing_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="migrations = alembic, but no Alembic configuration was found"):
         load_migrator(settings)
     assert load_migrator(dataclasses.replace(settings, migrations="auto")) is None
+
+
+def test_a_flyway_folder_builds_the_template_and_is_checked(
+    make_manager: MakeManager, tmp_path: Path
+) -> None:
+    """``sql:FOLDER``: versioned files migrate the template, the history is Flyway's, and the
+    checks walk it with the undo files; a wrong undo is reported like an Alembic one."""
+    folder = tmp_path / "db"
+    folder.mkdir()
+    (folder / "V1__create_items.sql").write_text("CREATE TABLE items (id int PRIMARY KEY, name text);\n")
+    (folder / "U1__create_items.sql").write_text("DROP TABLE items;\n")
+    (folder / "V2__seed.sql").write_text("INSERT INTO items VALUES (1, 'one');\n")
+    (folder / "U2__seed.sql").write_text("DELETE FROM items;\n")
+    (folder / "V3__index.sql").write_text(
+        "CREATE INDEX items_name ON items (name);\nCREATE TABLE notes (id int);\n"
+    )
+    (folder / "U3__index.sql").write_text("DROP INDEX items_name;\n")  # forgets notes
+    manager = make_manager(migrations=f"sql:{folder}", alembic_ini="none", root=tmp_path)
+    branch = manager.create(scope="function", node_id="t::flyway")
+    with psycopg.connect(branch.conninfo) as conn:
+        assert conn.execute("SELECT name FROM items").fetchall() == [("one",)]
+        history = conn.execute("SELECT version, success FROM flyway_schema_history ORDER BY installed_rank")
+        assert history.fetchall() == [("1", True), ("2", True), ("3", True)]
+    manager.release(branch)
+    checks = MigrationChecks(manager)
+    checks.run("single-head")
+    checks.run("applies")
+    with pytest.raises(CheckFailed) as failure:
+        checks.run("idempotent")
+    assert "applying it again after its downgrade fails" in str(failure.value)
+    assert 'relation "notes" already exists' in str(failure.value)
+    with pytest.raises(CheckFailed) as failure:
+        checks.run("reversible")
+    message = str(failure.value)
+    assert message.startswith("1 of 3 revisions cannot be rolled back cleanly")
+    assert f'revision 3 "index" ({folder / "V3__index.sql"})' in message
+    assert "table public.notes: before it: absent" in message
