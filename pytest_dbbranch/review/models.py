@@ -64,7 +64,7 @@ def compare_models(manager: BranchManager, settings: Settings, plan: TemplatePla
         return
     lines = []
     for change in changes:
-        where = f" on {change.table}" if change.table else ""
+        where = f" on {change.table}" if change.table and change.table != change.name else ""
         lines.append(
             f"  - {change.kind} {change.name}{where}: migrations: {change.before or 'absent'}; "
             f"models: {change.after or 'absent'}"

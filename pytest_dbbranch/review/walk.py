@@ -43,7 +43,7 @@ def differences(before: State, after: State, labels: tuple[str, str] = ("before"
 
     lines = []
     for change in diff_schemas(before.schema, after.schema, exclude=HISTORY_TABLES).changes:
-        where = f" on {change.table}" if change.table else ""
+        where = f" on {change.table}" if change.table and change.table != change.name else ""
         lines.append(
             f"{change.kind} {change.name}{where}: {labels[0]}: {change.before or 'absent'}; "
             f"{labels[1]}: {change.after or 'absent'}"

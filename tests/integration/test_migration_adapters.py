@@ -189,4 +189,4 @@ def test_a_flyway_folder_builds_the_template_and_is_checked(
     message = str(failure.value)
     assert message.startswith("1 of 3 revisions cannot be rolled back cleanly")
     assert f'revision 3 "index" ({folder / "V3__index.sql"})' in message
-    assert "table public.notes: before it: absent" in message
+    assert "table public.notes: before it: absent" in message, message
