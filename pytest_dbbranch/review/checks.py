@@ -209,10 +209,8 @@ class MigrationChecks:
         try:
             return self.manager.plan(self.settings)
         except MigrationError as exc:
-            first = str(exc).splitlines()[0]
-            raise CheckNotApplicable(
-                f"skipped: the upgrade itself fails ({first}); see the 'applies' check"
-            ) from None
+            first = str(exc).splitlines()[0].rstrip(".")
+            raise CheckNotApplicable(f"the upgrade itself fails ({first}); see the 'applies' check") from None
 
     def _walk(self, plan: TemplatePlan, label: str) -> Walk:
         backend = self.manager.backend(self.settings)

@@ -101,9 +101,7 @@ def test_one_bad_revision_fails_one_check_and_skips_the_others(
     failure_of(checks, "applies")
     for check in ("idempotent", "reversible", "models-match"):
         reason = skip_reason(checks, check)
-        assert reason.startswith(
-            "skipped: the upgrade itself fails (Alembic migration failed at revision r3"
-        ), check
+        assert reason.startswith("the upgrade itself fails (Alembic migration failed at revision r3"), check
         assert "see the 'applies' check" in reason
     checks.run("single-head")
 
