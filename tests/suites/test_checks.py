@@ -69,7 +69,8 @@ def test_one_bad_revision_is_one_failed_item(
     }, text
     result.stdout.fnmatch_lines(
         [
-            "SKIPPED [[]3[]] *: the upgrade itself fails (Alembic migration failed at revision r3 *; see the 'applies' check"
+            "SKIPPED [[]3[]] *: the upgrade itself fails (Alembic migration failed at revision r3 *;"
+            " see the 'applies' check"
         ]
     )
     assert f"{path}, line " in text, "the failure names the migration file and line"
