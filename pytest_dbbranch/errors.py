@@ -58,6 +58,11 @@ class CheckFailed(DbBranchError):
     location: tuple[str, int] | None = None
 
 
+class CheckNotApplicable(DbBranchError):
+    """A check that cannot say anything here (no downgrades, no revision to walk, another
+    check already failed for the same cause): reported as skipped, with the reason."""
+
+
 class LakebaseOperationError(DbBranchError):
     """A Lakebase long-running operation ended with an error code."""
 

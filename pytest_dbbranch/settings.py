@@ -29,6 +29,7 @@ Strategy = Literal["auto", "file_copy", "wal_log", "clone"]
 Isolation = Literal["branch", "clone", "rollback"]
 BackendName = Literal["auto", "postgres", "lakebase"]
 DiffFormat = Literal["markdown", "json"]
+CheckData = Literal["hash", "count", "off"]
 
 Parser = Callable[[str, str], Any]
 
@@ -117,6 +118,21 @@ def _revision(value: str, where: str) -> str:
     return text
 
 
+def _migrations(value: str, where: str) -> str:
+    text = value.strip()
+    kind, _, rest = text.partition(":")
+    if text.lower() in ("auto", "alembic", "none"):
+        return text.lower()
+    if kind == "sql" and rest.strip():
+        return f"sql:{rest.strip()}"
+    if kind == "callable" and re.fullmatch(r"[\w.]+:[\w.]+", rest.strip()):
+        return f"callable:{rest.strip()}"
+    raise ConfigError(
+        f"{where}: expected auto, alembic, none, sql:FOLDER or callable:package.module:function, "
+        f"got {value!r}"
+    )
+
+
 def setting(
     default: Any,
     help: str,
@@ -159,8 +175,21 @@ class Settings:
         "migrations; 'none' turns migrations off.",
         overridable=True,
     )
+    migrations: str = setting(
+        "auto",
+        "The migration tool: alembic (the Alembic configuration of dbbranch_alembic_ini), "
+        "sql:FOLDER (versioned SQL files named as Flyway names them, V<version>__<title>.sql "
+        "and R__<title>.sql), callable:package.module:function (your own function, called with "
+        "the branch's URL and the target), or none. Default auto: alembic when an Alembic "
+        "configuration is found, else none.",
+        _migrations,
+        overridable=True,
+    )
     revision: str = setting(
-        "head", "Alembic revision the template is migrated to (default: head).", _revision, overridable=True
+        "head",
+        "Revision the template is migrated to (default: head, the newest).",
+        _revision,
+        overridable=True,
     )
     url_env: str = setting(
         "DATABASE_URL",
@@ -210,6 +239,17 @@ class Settings:
         "as test items.",
         _parse_bool,
         flag=True,
+    )
+    downgrades_optional: bool = setting(
+        False,
+        "Revisions may lack a downgrade (a team policy of forward-only fixes): the reversible "
+        "check lists them and checks the others, instead of failing.",
+        _parse_bool,
+    )
+    check_data: CheckData = setting(
+        "hash",
+        "What the reversible and idempotent checks compare besides the schema: hash (row "
+        "counts and a hash of the rows of every table), count (row counts) or off.",
     )
     models: str | None = setting(
         None,

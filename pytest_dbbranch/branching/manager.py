@@ -24,7 +24,7 @@ from .. import names
 from ..backends import Backend, Tag, backend_key, open_backend, run_lock, use_lock
 from ..conninfo import ServerAddress
 from ..errors import ConfigError, DbBranchError, ParentMissingError
-from ..migrations.alembic import load_alembic
+from ..migrations import load_migrator
 from ..progress import Progress
 from ..server.embedded import EmbeddedServer, stale_clusters
 from ..settings import Settings
@@ -205,7 +205,14 @@ class BranchManager:
 
     @staticmethod
     def _plan_key(settings: Settings) -> tuple[Any, ...]:
-        return (settings.url, settings.source, settings.alembic_ini, settings.revision, str(settings.root))
+        return (
+            settings.url,
+            settings.source,
+            settings.migrations,
+            settings.alembic_ini,
+            settings.revision,
+            str(settings.root),
+        )
 
     def _drop_stale_templates(self, plan: TemplatePlan, backend: Backend) -> None:
         """Older templates of the group go, unless a live run still forks from them."""
@@ -376,12 +383,9 @@ class BranchManager:
             backend.drop(name)
 
     def _upgrade(self, branch: Branch, revision: str) -> None:
-        ini = branch.settings.alembic_ini_path()
-        if ini is None:
-            raise ConfigError("upgrade() needs an alembic.ini (dbbranch_alembic_ini)")
-        migrator = load_alembic(
-            ini, branch.settings.origin("alembic_ini"), url_env=branch.settings.url_env_names
-        )
+        migrator = load_migrator(branch.settings)
+        if migrator is None:
+            raise ConfigError("upgrade() needs migrations (dbbranch_alembic_ini or dbbranch_migrations)")
         migrator.resolve(revision, "upgrade()")
         with self.stats.timed("migrate_seconds"):
             migrator.upgrade(branch.backend.address(branch.name), revision)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ..conninfo import ServerAddress
 from ..errors import ConfigError
-from ..migrations.alembic import load_alembic
+from ..migrations import NO_MIGRATIONS, load_migrator
 from ..server.embedded import check_base_dir
 from ..settings import Settings
 from .sources import parse_source
@@ -31,13 +31,9 @@ def check(settings: Settings) -> None:
         folder = settings.resolve_path(settings.embedded_dir) if settings.embedded_dir else None
         check_base_dir(folder, settings.origin("embedded_dir"))
     parse_source(settings)
-    ini = settings.alembic_ini_path()
-    if ini is not None:
-        migrator = load_alembic(ini, settings.origin("alembic_ini"))
+    migrator = load_migrator(settings)
+    if migrator is not None:
         migrator.resolve(settings.revision, settings.origin("revision"))
     elif settings.revision != "head":
-        raise ConfigError(
-            f"{settings.origin('revision')}: revision {settings.revision!r} is set but no "
-            "alembic.ini is configured (dbbranch_alembic_ini)"
-        )
+        raise ConfigError(NO_MIGRATIONS.format(where=settings.origin("revision"), revision=settings.revision))
     settings.fingerprint_paths()

@@ -11,7 +11,8 @@ import time
 from .. import names
 from ..backends import Backend, BranchRecord, Tag
 from ..errors import ConfigError
-from ..migrations.alembic import AlembicMigrator, load_alembic
+from ..migrations import NO_MIGRATIONS, load_migrator
+from ..migrations.base import Migrator
 from ..progress import Progress
 from ..settings import Settings
 from .fingerprint import fingerprint, template_group
@@ -26,21 +27,16 @@ class TemplatePlan:
     def __init__(self, settings: Settings, backend: Backend) -> None:
         self.settings = settings
         self.source: Source = parse_source(settings)
-        ini = settings.alembic_ini_path()
-        self.migrator: AlembicMigrator | None = None
-        if ini is not None:
-            self.migrator = load_alembic(ini, settings.origin("alembic_ini"), url_env=settings.url_env_names)
+        self.migrator: Migrator | None = load_migrator(settings)
         if self.migrator is None and settings.revision != "head":
             raise ConfigError(
-                f"{settings.origin('revision')}: revision {settings.revision!r} is set but no "
-                "alembic.ini is configured (dbbranch_alembic_ini)"
+                NO_MIGRATIONS.format(where=settings.origin("revision"), revision=settings.revision)
             )
         self.target = settings.revision
         revisions = self.migrator.resolve(self.target, settings.origin("revision")) if self.migrator else ()
         files = [(f"extra/{path.relative_to(settings.root)}", path) for path in settings.fingerprint_paths()]
         if self.migrator is not None:
-            base = self.migrator.script_dir
-            files += [(f"scripts/{path.relative_to(base)}", path) for path in self.migrator.files()]
+            files += self.migrator.files()
         self.fingerprint = fingerprint(
             source_identity=self.source.identity + backend.source_point,
             revisions=revisions,

@@ -23,14 +23,25 @@ import re
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from ..conninfo import ServerAddress, describe_connect_error
 from ..errors import DbBranchError, MigrationError, ServerError
 from ..progress import Progress
 
-if TYPE_CHECKING:
-    from .alembic import AlembicMigrator
+
+class AlembicMigrator(Protocol):
+    """What running Alembic needs of the adapter (``alembic.AlembicMigrator``), named here so
+    that this module does not import the one that imports it."""
+
+    url_env: tuple[str, ...]
+    script: Any
+
+    @property
+    def url_scheme(self) -> str: ...
+
+    def new_config(self, url: str) -> Any: ...
+
 
 _RUNNING = re.compile(r"Running (?:upgrade|downgrade) .*?-> ([^\s,]+),?\s*(.*)")
 
@@ -73,7 +84,7 @@ def run(
     progress = progress or Progress()
     tracker = _RevisionTracker(progress, order or [], target)
     logger = logging.getLogger("alembic.runtime.migration")
-    with _logging_kept(), _url_environment(migrator.url_env, address):
+    with logging_kept(), _url_environment(migrator.url_env, address):
         old_level = logger.level
         logger.addHandler(tracker)
         if logger.getEffectiveLevel() > logging.INFO:
@@ -134,7 +145,7 @@ def _url_environment(variables: tuple[str, ...], address: ServerAddress) -> Iter
 
 
 @contextlib.contextmanager
-def _logging_kept() -> Iterator[None]:
+def logging_kept() -> Iterator[None]:
     """Put the logging configuration back as it was: env.py's ``fileConfig`` disables the
     application's loggers and adds handlers that would print Alembic's lines in later tests."""
     root = logging.getLogger()

@@ -39,6 +39,7 @@ def branch_fixture(
     url: str | None = None,
     source: str | None = None,
     alembic_ini: str | None = None,
+    migrations: str | None = None,
     revision: str | None = None,
     keep: str | None = None,
     isolation: str | None = None,

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from .. import names
-from ..errors import ConfigError, DbBranchError
+from ..errors import ConfigError, DbBranchError, MigrationError
 from ..progress import Progress, Writer
 from ..settings import SPECS, Settings, resolve
 from .factories import MARKER_HELP, branch_fixture, client_fixture
@@ -161,6 +161,8 @@ def _prepare(config: pytest.Config, state: RunState, requests: list[dict[str, st
         except DbBranchError as exc:
             if settings is not state.settings and settings != state.settings:
                 continue
+            if isinstance(exc, MigrationError) and state.settings.check_migrations:
+                continue  # the 'applies' check reports it, the others say they were skipped
             code = fatal_exit_code(exc) or int(pytest.ExitCode.TESTS_FAILED)
             if code == pytest.ExitCode.USAGE_ERROR:
                 raise pytest.UsageError(f"pytest-dbbranch: {exc}") from None

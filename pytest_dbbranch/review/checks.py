@@ -1,35 +1,26 @@
 """Migration checks on production-shaped data, each on its own branch of the source.
 
 They are what a reviewer wants to know before a migration reaches production: is the history
-linear, does the upgrade survive real data, is it safe to run twice, can it be rolled back,
-and do the models describe what the migrations build. Failures say what to fix.
+linear, does the upgrade survive real data, does each revision give the same result when it
+is applied again, can each be rolled back, and do the models describe what the migrations
+build. Each check can fail, reports every problem of the chain at once, and says what to fix;
+a check that cannot say anything here (no downgrades, nothing to walk, the upgrade itself
+broken) says so and is skipped rather than passed.
 """
 
 from __future__ import annotations
 
-import ast
-import contextlib
-import importlib
-import inspect
-import sys
-import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-import psycopg
 
 from ..branching.manager import BranchManager
 from ..branching.sources import resolve_parent
 from ..branching.templates import TemplatePlan
-from ..conninfo import ServerAddress
-from ..errors import CheckFailed, ConfigError, MigrationError
-from ..migrations.alembic import AlembicMigrator, load_alembic
-from ..migrations.versions import current_revisions, revisions_since
+from ..errors import CheckFailed, CheckNotApplicable, ConfigError, MigrationError
+from ..migrations import load_migrator
+from ..migrations.base import Migrator, Revision
 from ..settings import Settings
-
-if TYPE_CHECKING:
-    from ..schema import Schema
+from .walk import Walk, can_step_down, describe, differences, problem
 
 CHECKS = ("single-head", "applies", "idempotent", "reversible", "models-match")
 
@@ -40,15 +31,20 @@ class MigrationChecks:
     def __init__(self, manager: BranchManager, settings: Settings | None = None) -> None:
         self.manager = manager
         self.settings = settings or manager.settings
-        self._plan: TemplatePlan | None = None
+        self._migrator: Migrator | None = None
+        #: What a passing check could not cover (revisions without a downgrade, merge points).
+        self.notes: list[str] = []
 
     @property
-    def plan(self) -> TemplatePlan:
-        if self._plan is None:
-            self._plan = TemplatePlan(self.settings, self.manager.backend(self.settings))
-            if self._plan.migrator is None:
-                raise ConfigError("migration checks need an alembic.ini (dbbranch_alembic_ini)")
-        return self._plan
+    def migrator(self) -> Migrator:
+        if self._migrator is None:
+            self._migrator = load_migrator(self.settings)
+            if self._migrator is None:
+                raise ConfigError(
+                    "the migration checks need migrations: an alembic.ini (dbbranch_alembic_ini) "
+                    "or dbbranch_migrations"
+                )
+        return self._migrator
 
     def run(self, check: str) -> None:
         runner: Callable[[], None] = getattr(self, check.replace("-", "_"))
@@ -57,245 +53,219 @@ class MigrationChecks:
     # -- the checks -------------------------------------------------------------------------
 
     def single_head(self) -> None:
-        # Straight from the script directory: the template plan refuses two heads itself,
-        # with a message about the target rather than the history.
-        ini = self.settings.alembic_ini_path()
-        if ini is None:
-            raise ConfigError("migration checks need an alembic.ini (dbbranch_alembic_ini)")
-        migrator = load_alembic(ini, self.settings.origin("alembic_ini"))
-        heads = sorted(migrator.script.get_heads())
-        if len(heads) != 1:
+        migrator = self.migrator
+        if migrator.kind == "callable":
+            raise CheckNotApplicable(f"{migrator.description} has no history to count heads in")
+        heads = migrator.heads()
+        if not heads:
             raise CheckFailed(
-                f"the Alembic script directory {migrator.script_dir} has {len(heads)} heads "
-                f"({', '.join(heads)}); merge them with `alembic merge heads`"
+                f"{migrator.description} has no revision at all; if env.py chooses its version "
+                "folders at run time, name them in version_locations instead" + _discovery_note(migrator)
+            )
+        if len(heads) > 1:
+            raise CheckFailed(
+                f"{migrator.description} has {len(heads)} heads ({', '.join(heads)}); merge them "
+                "(`alembic merge heads`) so that every environment applies the same history"
             )
 
     def applies(self) -> None:
-        with self._source_branch("applies") as address:
-            base = self._revisions(address)
-            try:
-                self._migrator.upgrade(address, self.plan.target)
-            except MigrationError as exc:
-                raise _located(
-                    exc,
-                    CheckFailed(
-                        f"the upgrade from the source's revision ({_revs(base)}) to {self.plan.target} "
-                        f"fails on production-shaped data:\n{exc}"
-                    ),
-                ) from None
-
-    def idempotent(self) -> None:
-        with self._source_branch("idempotent") as address:
-            self._migrator.upgrade(address, self.plan.target)
-            before, rows_before = self._schema(address), self._revisions(address)
-            self._migrator.upgrade(address, self.plan.target)
-            after, rows_after = self._schema(address), self._revisions(address)
-        if rows_after != rows_before:
-            raise CheckFailed(
-                f"running the upgrade again changed the version table: {rows_before} -> {rows_after}"
+        self.migrator  # noqa: B018 - the checks need migrations, say so first
+        try:
+            self.manager.plan(self.settings)
+        except MigrationError as exc:
+            failure = CheckFailed(
+                f"the upgrade to {self.settings.revision!r} fails on production-shaped data:\n{exc}"
             )
-        if not _same(before, after):
-            raise CheckFailed(
-                "running the upgrade a second time changed the schema; make the migrations "
-                f"idempotent:\n{_summary(before, after)}"
-            )
+            failure.location = exc.location
+            raise failure from None
 
     def reversible(self) -> None:
-        migrator = self._migrator
-        problems: list[str] = []
-        with self._source_branch("reversible") as address:
-            base = self._revisions(address)
-            scripts = revisions_since(migrator.script, base, self.plan.target)
-            missing = [script for script in scripts if not _has_downgrade(script)]
-            if missing:
-                failure = CheckFailed(
-                    "\n".join(f"revision {s.revision} ({s.path}) has no downgrade" for s in missing)
-                )
-                failure.location = (missing[0].path, _downgrade_line(missing[0]))
-                raise failure
-            for script in scripts:
-                down = script.down_revision
-                if isinstance(down, tuple | list):
-                    continue  # a merge point: its parents are checked on their own
-                before = self._schema(address)
-                migrator.upgrade(address, script.revision)
-                applied = self._schema(address)
+        self._downgrading("reversible")
+        plan = self._upgradable()
+        problems: list[tuple[str, tuple[str, int] | None]] = []
+        with self._walk(plan, "reversible") as walk:
+            revisions = self._revisions_to_walk(walk, plan)
+            states = [walk.state()]
+            for revision in revisions:
+                walk.up(revision)
+                states.append(walk.state())
+            in_place = True  # the branch is at the state after the revision being undone
+            for k in range(len(revisions), 0, -1):
+                revision, before, after = revisions[k - 1], states[k - 1], states[k]
+                if not in_place:
+                    walk.restart_at(after.applied)
+                    in_place = True
+                if not revision.has_downgrade:
+                    in_place = False
+                    if self.settings.downgrades_optional:
+                        self.notes.append(
+                            f"{describe(revision)} has no downgrade (dbbranch_downgrades_optional)"
+                        )
+                    else:
+                        problems.append((problem(revision, "has no downgrade", []), _downgrade_at(revision)))
+                    continue
+                if not can_step_down(before, revision):
+                    in_place = False
+                    self.notes.append(f"{describe(revision)}: not checked (a merge point of the history)")
+                    continue
                 try:
-                    migrator.downgrade(address, down or "base")
+                    walk.down_to(before.applied)
                 except MigrationError as exc:
-                    raise _located(
-                        exc,
-                        CheckFailed(
-                            f"revision {script.revision}: its downgrade fails on production-shaped "
-                            f"data:\n{exc}"
-                        ),
-                    ) from None
-                back = self._schema(address)
-                if not _same(back, before):
-                    problems.append(
-                        f"revision {script.revision}: downgrade does not restore the schema before "
-                        f"it:\n{_summary(before, back)}"
-                    )
-                    break
-                migrator.upgrade(address, script.revision)
-                again = self._schema(address)
-                if not _same(again, applied):
-                    problems.append(
-                        f"revision {script.revision}: upgrade after downgrade gives another schema:\n"
-                        f"{_summary(applied, again)}"
-                    )
-                    break
+                    in_place = False
+                    problems.append((problem(revision, "its downgrade fails:", str(exc)), exc.location))
+                    continue
+                lost = differences(before, walk.state(), ("before it", "after its downgrade"))
+                if lost:
+                    in_place = False
+                    headline = "its downgrade does not give back what was there before it:"
+                    problems.append((problem(revision, headline, lost), _downgrade_at(revision)))
         if problems:
-            raise CheckFailed("\n".join(problems))
+            problems.reverse()  # found newest first; reported in the order of the history
+            self.notes.reverse()
+            _fail(
+                f"{len(problems)} of {len(revisions)} revisions cannot be rolled back cleanly "
+                "(schema compared object by object; rows by count and values):",
+                problems,
+                self.notes,
+                "give each revision a downgrade() that undoes exactly its upgrade(), or set "
+                "dbbranch_downgrades_optional if the team only fixes forward",
+            )
+
+    def idempotent(self) -> None:
+        self._downgrading("idempotent")
+        plan = self._upgradable()
+        problems: list[tuple[str, tuple[str, int] | None]] = []
+        checked = 0
+        blockers: list[Revision] = []
+        with self._walk(plan, "idempotent") as walk:
+            revisions = self._revisions_to_walk(walk, plan)
+            previous = walk.state()
+            for revision in revisions:
+                walk.up(revision)
+                once = walk.state()
+                before, previous = previous, once
+                if not revision.has_downgrade or not can_step_down(before, revision):
+                    blockers.append(revision)
+                    continue
+                try:
+                    walk.down_to(before.applied)
+                except MigrationError as exc:
+                    problems.append(
+                        (
+                            problem(revision, "cannot be applied twice: its downgrade fails:", str(exc)),
+                            exc.location,
+                        )
+                    )
+                    walk.restart_at(once.applied)
+                    continue
+                try:
+                    walk.up(revision)
+                except MigrationError as exc:
+                    headline = "applying it again after its downgrade fails:"
+                    problems.append((problem(revision, headline, str(exc)), exc.location))
+                    walk.restart_at(once.applied)
+                    continue
+                checked += 1
+                changed = differences(once, walk.state(), ("applied once", "applied twice"))
+                if changed:
+                    headline = "applied, undone and applied again, it leaves another state than applied once:"
+                    problems.append((problem(revision, headline, changed), _upgrade_at(revision)))
+                    walk.restart_at(once.applied)
+        self.notes.extend(f"{describe(r)}: not checked (it cannot be undone in between)" for r in blockers)
+        if problems:
+            _fail(
+                f"{len(problems)} of {len(revisions)} revisions do not give the same result when "
+                "applied again:",
+                problems,
+                self.notes,
+                "make data migrations depend only on the schema they run on (no appending, no "
+                "converting twice), and downgrades undo them",
+            )
+        if not checked:
+            raise CheckNotApplicable(
+                f"no revision could be applied twice: {describe(blockers[0])} blocks the check "
+                "(no downgrade to undo it in between)"
+            )
 
     def models_match(self) -> None:
-        metadata = load_metadata(self.settings)
-        from alembic.autogenerate import compare_metadata
-        from alembic.migration import MigrationContext
-        from sqlalchemy import create_engine
-        from sqlalchemy.pool import NullPool
+        from .models import compare_models
 
-        with self._source_branch("models") as address:
-            self._migrator.upgrade(address, self.plan.target)
-            engine = create_engine(address.sqlalchemy_url(), poolclass=NullPool)
-            try:
-                with engine.connect() as conn:
-                    context = MigrationContext.configure(
-                        conn, opts={"compare_type": True, "compare_server_default": False}
-                    )
-                    differences = compare_metadata(context, metadata)
-            finally:
-                engine.dispose()
-        differences = [d for d in differences if "alembic_version" not in repr(d)]
-        if differences:
-            lines = "\n".join(f"  - {_describe(d)}" for d in differences)
-            raise CheckFailed(
-                f"the models ({self.settings.models}) and the migrated schema differ; add a "
-                f"migration (alembic revision --autogenerate) or fix the models:\n{lines}"
-            )
+        plan = self._upgradable()
+        compare_models(self.manager, self.settings, plan)
 
     # -- helpers ----------------------------------------------------------------------------
 
-    @property
-    def _migrator(self) -> AlembicMigrator:
-        migrator = self.plan.migrator
-        assert migrator is not None
+    def _downgrading(self, check: str) -> Migrator:
+        migrator = self.migrator
+        if not migrator.can_downgrade:
+            raise CheckNotApplicable(
+                f"the {check} check undoes revisions, and {migrator.description} has no downgrades"
+            )
         return migrator
 
-    @contextlib.contextmanager
-    def _source_branch(self, label: str) -> Iterator[ServerAddress]:
-        """A fresh branch of the source, dropped afterwards whatever happens."""
-        manager = self.manager
-        backend = manager.backend(self.settings)
-        parent = resolve_parent(self.plan.source, backend, run_id=manager.run_id, stats=manager.stats)
-        with manager.scratch(parent, f"check-{label}", self.settings) as address:
-            yield address
+    def _upgradable(self) -> TemplatePlan:
+        """The built template's plan; a broken upgrade is the ``applies`` check's to report,
+        so the other checks are skipped with a pointer to it rather than failing again."""
+        try:
+            return self.manager.plan(self.settings)
+        except MigrationError as exc:
+            first = str(exc).splitlines()[0].rstrip(".")
+            raise CheckNotApplicable(f"the upgrade itself fails ({first}); see the 'applies' check") from None
 
-    def _revisions(self, address: ServerAddress) -> tuple[str, ...]:
-        with psycopg.connect(address.conninfo()) as conn:
-            return current_revisions(conn)
-
-    def _schema(self, address: ServerAddress) -> Schema:
-        from ..schema import read_schema
-
-        with psycopg.connect(address.conninfo()) as conn:
-            return read_schema(conn)
-
-
-def load_metadata(settings: Settings) -> Any:
-    """Import ``package.module:attribute`` with the rootdir on the path, as pytest would."""
-    spec = settings.models
-    if not spec or ":" not in spec:
-        raise ConfigError(f"dbbranch_models: expected 'package.module:metadata', got {spec!r}")
-    module_name, attribute = spec.split(":", 1)
-    root = str(settings.root)
-    if root not in sys.path:
-        sys.path.insert(0, root)
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"dbbranch_models: cannot import {module_name!r} ({exc})") from None
-    value: Any = module
-    for part in attribute.split("."):
-        value = getattr(value, part, None)
-        if value is None:
-            raise ConfigError(f"dbbranch_models: {module_name!r} has no {attribute!r}")
-    # A declarative base is accepted too: its metadata is what Alembic compares.
-    return getattr(value, "metadata", value) if not _is_metadata(value) else value
-
-
-def _is_metadata(value: Any) -> bool:
-    from sqlalchemy import MetaData
-
-    return isinstance(value, MetaData)
-
-
-def _has_downgrade(script: Any) -> bool:
-    """A downgrade() that only passes (or is missing) cannot undo anything."""
-    function = getattr(script.module, "downgrade", None)
-    if function is None:
-        return False
-    try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
-    except (OSError, TypeError, SyntaxError):
-        return True
-    body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.FunctionDef) else []
-    meaningful = [
-        node
-        for node in body
-        if not isinstance(node, ast.Pass)
-        and not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant))
-    ]
-    return bool(meaningful)
-
-
-def _same(a: Any, b: Any) -> bool:
-    """Same objects with the same definitions. Column order is not compared: PostgreSQL cannot
-    move a column without rewriting the table, so a downgrade that re-adds one puts it last."""
-    from ..schema import diff_schemas
-
-    return bool(diff_schemas(a, b).empty)
-
-
-def _summary(before: Any, after: Any) -> str:
-    from ..schema import diff_schemas
-
-    changes = diff_schemas(before, after).changes
-    return (
-        "\n".join(
-            f"  - {c.action} {c.kind} {c.name}" + (f" on {c.table}" if c.table else "") for c in changes
+    def _walk(self, plan: TemplatePlan, label: str) -> Walk:
+        backend = self.manager.backend(self.settings)
+        parent = resolve_parent(plan.source, backend, run_id=self.manager.run_id, stats=self.manager.stats)
+        return Walk(
+            self.manager, self.settings, parent, self.migrator, f"check-{label}", self.settings.check_data
         )
-        or "  (differences outside the compared objects)"
-    )
+
+    def _revisions_to_walk(self, walk: Walk, plan: TemplatePlan) -> list[Revision]:
+        revisions = walk.pending(plan.target)
+        if not revisions:
+            raise CheckNotApplicable(
+                f"no revision newer than the source's to walk (the source is already at {plan.target!r})"
+            )
+        return revisions
 
 
-def _describe(difference: Any) -> str:
-    if isinstance(difference, tuple) and difference:
-        action = str(difference[0])
-        rest = [getattr(x, "name", None) or str(x) for x in difference[1:] if x is not None]
-        return f"{action}: {', '.join(map(str, rest))}"
-    if isinstance(difference, list):
-        return "; ".join(_describe(d) for d in difference)
-    return str(difference)
+def _fail(
+    headline: str, problems: list[tuple[str, tuple[str, int] | None]], notes: list[str], advice: str
+) -> None:
+    text = [headline, ""] + [text for text, _ in problems]
+    if notes:
+        text += ["", "not checked:"] + [f"  {note}" for note in notes]
+    text += ["", f"-> {advice}"]
+    failure = CheckFailed("\n".join(text))
+    failure.location = next((where for _, where in problems if where is not None), None)
+    raise failure
 
 
-def _revs(revisions: tuple[str, ...]) -> str:
-    return ", ".join(revisions) if revisions else "empty"
+def _discovery_note(migrator: Migrator) -> str:
+    error = getattr(migrator, "discovery_error", None)
+    return f" (running env.py offline to learn its folders failed: {error})" if error else ""
 
 
-def _located(cause: MigrationError, failure: CheckFailed) -> CheckFailed:
-    """The check's failure points at the migration file and line the migration error names."""
-    failure.location = cause.location
-    return failure
+def _downgrade_at(revision: Revision) -> tuple[str, int] | None:
+    if revision.path is None:
+        return None
+    if revision.path.suffix == ".py":
+        from ..migrations.alembic import downgrade_line
+
+        return (str(revision.path), downgrade_line(revision.path))
+    return (str(revision.path), 1)
 
 
-def _downgrade_line(script: Any) -> int:
-    """The line of a revision's ``def downgrade`` (1 when it has none)."""
+def _upgrade_at(revision: Revision) -> tuple[str, int] | None:
+    if revision.path is None:
+        return None
+    for number, line in enumerate(_lines(revision.path), start=1):
+        if line.lstrip().startswith("def upgrade"):
+            return (str(revision.path), number)
+    return (str(revision.path), 1)
+
+
+def _lines(path: Path) -> list[str]:
     try:
-        text = Path(script.path).read_text().splitlines()
+        return path.read_text().splitlines()
     except OSError:
-        return 1
-    for number, line in enumerate(text, start=1):
-        if line.lstrip().startswith("def downgrade"):
-            return number
-    return 1
+        return []

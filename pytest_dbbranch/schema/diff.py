@@ -3,48 +3,77 @@
 The question a reviewer asks of a pull request's migrations is not "what differs" but "can
 the new schema go out while the old application is still serving traffic" (the expand and
 contract way of shipping). So every change carries ``breaking`` and a ``reason`` written from
-the old code's side: a removed column breaks the queries that name it, a new NOT NULL column
-without a default breaks the inserts that do not know about it, a new unique constraint may
-reject rows the old code still writes.
+the old code's side, decided by the one table of rules in ``rules.py``; ``rule`` names the
+rules that fired.
+
+This module only finds the differences: every object on either side, paired by its
+qualified name, reported as added, removed or changed, plus its comment, owner and grants
+on rows of their own (kinds ``comment``, ``owner``, ``grant``) so that a comment edit never
+reads as a change of the object itself.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Iterator, Mapping
+import dataclasses
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
 from .describe import (
+    describe_composite,
     describe_constraint,
+    describe_domain,
     describe_enum,
+    describe_extension,
+    describe_grants,
     describe_index,
+    describe_policy,
+    describe_range,
+    describe_rule,
     describe_sequence,
     describe_table,
     describe_table_options,
+    describe_trigger,
     describe_view,
     function_key,
-    quote_ident,
-    quote_literal,
     signature,
 )
-from .equivalence import is_widening, same_view
-from .model import Column, Function, Schema, Table, owner_table, squash
+from .equivalence import same_view
+from .model import CURRENT_ROLE, Function, Schema, Table, owner_table, squash
+from .reasons import Candidate, Context
+from .rules import judge
 
-KINDS = ("table", "column", "index", "constraint", "view", "function", "sequence", "enum")
+KINDS = (
+    "schema",
+    "extension",
+    "table",
+    "column",
+    "index",
+    "constraint",
+    "trigger",
+    "policy",
+    "rule",
+    "view",
+    "function",
+    "sequence",
+    "enum",
+    "domain",
+    "composite type",
+    "range type",
+    "comment",
+    "owner",
+    "grant",
+)
 ACTIONS = ("removed", "changed", "added")
-
-_REJECTS_WRITES = "may reject writes old code makes"
-_ON_CONFLICT = "old code whose INSERT … ON CONFLICT relies on it fails"
-#: Constraint kinds that can turn a write old code makes into an error.
-_RESTRICTING = ("primary key", "unique", "check", "foreign key", "exclusion")
-#: Constraint kinds an ON CONFLICT clause can infer as its arbiter.
-_ARBITERS = ("primary key", "unique", "exclusion")
 
 _T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
 class Change:
+    """One row of the diff. For ``comment``, ``owner`` and ``grant`` rows, ``name`` says
+    whose (``column sku``, ``view public.v``)."""
+
     kind: str
     action: str
     table: str | None
@@ -53,6 +82,7 @@ class Change:
     after: str | None
     breaking: bool = False
     reason: str | None = None
+    rule: str | None = None
 
 
 @dataclass(frozen=True)
@@ -78,17 +108,26 @@ def diff_schemas(old: Schema, new: Schema, *, exclude: Collection[str] = ("alemb
     """``exclude`` defaults to Alembic's bookkeeping table: it exists on one side only while a
     database has never been stamped, which says nothing about the application's schema."""
     old, new = old.without(exclude), new.without(exclude)
-    context = _Context(old, new)
-    changes = [
-        *_tables(context),
-        *_indexes(context),
-        *_constraints(context),
-        *_views(context),
-        *_functions(context),
-        *_sequences(context),
-        *_enums(context),
-    ]
+    context = Context(old, new)
+    walk = _Walk(context)
+    changes = [judged(candidate, context) for candidate in walk.candidates()]
     return SchemaDiff(tuple(sorted(changes, key=_order)))
+
+
+def judged(candidate: Candidate, context: Context) -> Change:
+    """The change as reported: ``breaking`` exactly when a rule gives a reason."""
+    found = judge(candidate, context)
+    return Change(
+        kind=candidate.kind,
+        action=candidate.action,
+        table=candidate.table,
+        name=candidate.name,
+        before=candidate.before,
+        after=candidate.after,
+        breaking=bool(found),
+        reason="; ".join(reason for _, reason in found) or None,
+        rule=", ".join(rule for rule, _ in found) or None,
+    )
 
 
 def _order(change: Change) -> tuple[Any, ...]:
@@ -104,29 +143,6 @@ def _order(change: Change) -> tuple[Any, ...]:
     )
 
 
-class _Context:
-    """Both sides plus what the per-kind comparisons share: tables that came or went."""
-
-    def __init__(self, old: Schema, new: Schema) -> None:
-        self.old = old
-        self.new = new
-        self.added_tables = set(new.tables) - set(old.tables)
-        self.removed_tables = set(old.tables) - set(new.tables)
-        self.schemas = {"pg_catalog"} | {
-            item.schema
-            for side in (old, new)
-            for section in (side.tables, side.views, side.functions, side.sequences, side.enums)
-            for item in section.values()
-        }
-
-    def has_column(self, table: str | None, column: str, side: Schema) -> bool:
-        found = side.tables.get(table or "")
-        return found is not None and found.column(column) is not None
-
-    def is_view(self, relation: str) -> bool:
-        return relation in self.old.views or relation in self.new.views
-
-
 def _pairs(old: Mapping[str, _T], new: Mapping[str, _T]) -> Iterator[tuple[str, _T | None, _T | None]]:
     """Every name on either side with its old and new value, ``None`` on the side that lacks it:
     the one walk each kind of object needs to tell removed, added and changed apart."""
@@ -134,266 +150,243 @@ def _pairs(old: Mapping[str, _T], new: Mapping[str, _T]) -> Iterator[tuple[str, 
         yield key, old.get(key), new.get(key)
 
 
-def _change(
-    kind: str,
-    action: str,
-    name: str,
-    *,
-    table: str | None = None,
-    before: str | None = None,
-    after: str | None = None,
-    reason: str | None = None,
-) -> Change:
-    """``breaking`` follows from ``reason``: a change that breaks old code always says why."""
-    return Change(
-        kind=kind,
-        action=action,
-        table=table,
-        name=name,
-        before=before,
-        after=after,
-        breaking=reason is not None,
-        reason=reason,
-    )
+_BLANK = {"comment": None, "owner": CURRENT_ROLE, "grants": (), "column_comments": ()}
 
 
-# -- tables and columns ----------------------------------------------------------------------
+def _shape(item: Any) -> Any:
+    """The object without what is reported on rows of its own (comment, owner, grants)."""
+    names = {field.name for field in dataclasses.fields(item)}
+    return dataclasses.replace(item, **{name: value for name, value in _BLANK.items() if name in names})
 
 
-def _tables(context: _Context) -> Iterator[Change]:
-    for key, was, now in _pairs(context.old.tables, context.new.tables):
-        if now is None and was is not None:
-            yield _change(
-                "table",
-                "removed",
-                key,
-                table=key,
-                before=describe_table(was),
-                reason="old code that reads or writes the table fails",
-            )
-        elif was is None and now is not None:
-            yield _change("table", "added", key, table=key, after=describe_table(now))
-        elif was is not None and now is not None:
-            if (was.partitioned, was.comment) != (now.partitioned, now.comment):
-                yield _change(
-                    "table",
-                    "changed",
-                    key,
-                    table=key,
-                    before=describe_table_options(was),
-                    after=describe_table_options(now),
-                )
-            yield from _columns(key, was, now)
+def _annotations(label: str, table: str | None, was: Any, now: Any) -> Iterator[Candidate]:
+    """Comment, owner and grant rows of an object present on both sides."""
+    if was.comment != now.comment:
+        action = "added" if was.comment is None else "removed" if now.comment is None else "changed"
+        yield Candidate("comment", action, label, table, was.comment, now.comment, was.comment, now.comment)
+    if getattr(was, "owner", CURRENT_ROLE) != getattr(now, "owner", CURRENT_ROLE):
+        yield Candidate("owner", "changed", label, table, was.owner, now.owner, was.owner, now.owner)
+    if getattr(was, "grants", ()) != getattr(now, "grants", ()):
+        action = "added" if not was.grants else "removed" if not now.grants else "changed"
+        before, after = describe_grants(was.grants), describe_grants(now.grants)
+        yield Candidate("grant", action, label, table, was.grants, now.grants, before, after)
 
 
-def _columns(table: str, before: Table, after: Table) -> Iterator[Change]:
-    old = {column.name: column for column in before.columns}
-    new = {column.name: column for column in after.columns}
-    added = [column for column in after.columns if column.name not in old]
-    for column in before.columns:
-        if column.name in new:
-            continue
-        reason = f"old code that reads or writes {quote_ident(column.name)} fails"
-        candidates = [quote_ident(other.name) for other in added if other.type == column.type]
-        if candidates:
-            reason += f"; rename candidate: {' or '.join(candidates)} (same type {column.type})"
-        yield _change("column", "removed", column.name, table=table, before=column.describe(), reason=reason)
-    for column in added:
-        needs_value = not column.nullable and not _fills_itself(column)
-        yield _change(
-            "column",
-            "added",
-            column.name,
-            table=table,
-            after=column.describe(),
-            reason="NOT NULL without a default: inserts from old code, which never set it, fail"
-            if needs_value
-            else None,
+class _Walk:
+    """The per-kind comparisons, sharing what tables and views came or went."""
+
+    def __init__(self, context: Context) -> None:
+        self.old = context.old
+        self.new = context.new
+        self.removed = (set(self.old.tables) - set(self.new.tables)) | (
+            set(self.old.views) - set(self.new.views)
         )
-    for name, was in old.items():
-        now = new.get(name)
-        if now is None or now == was:
-            continue
-        yield _change(
-            "column",
-            "changed",
-            name,
-            table=table,
-            before=was.describe(),
-            after=now.describe(),
-            reason="; ".join(_column_reasons(was, now)) or None,
-        )
+        self.schemas = {"pg_catalog"} | set(self.old.schemas) | set(self.new.schemas)
+        self.schemas |= {
+            item.schema
+            for side in (self.old, self.new)
+            for section in (side.tables, side.views, side.functions, side.sequences, side.enums)
+            for item in section.values()
+        }
 
+    def candidates(self) -> Iterator[Candidate]:
+        old, new = self.old, self.new
+        yield from self._simple("schema", old.schemas, new.schemas, lambda item: "schema")
+        yield from self._simple("extension", old.extensions, new.extensions, describe_extension)
+        yield from self._tables()
+        yield from self._indexes()
+        yield from self._on_tables("constraint", old.constraints, new.constraints, describe_constraint)
+        yield from self._on_tables("trigger", old.triggers, new.triggers, describe_trigger)
+        yield from self._on_tables("policy", old.policies, new.policies, describe_policy)
+        yield from self._on_tables("rule", old.rules, new.rules, describe_rule)
+        yield from self._views()
+        yield from self._functions()
+        yield from self._sequences()
+        yield from self._simple("enum", old.enums, new.enums, describe_enum)
+        yield from self._simple("domain", old.domains, new.domains, describe_domain)
+        yield from self._simple("composite type", old.composites, new.composites, describe_composite)
+        yield from self._simple("range type", old.ranges, new.ranges, describe_range)
 
-def _fills_itself(column: Column) -> bool:
-    return column.default is not None or column.identity is not None or column.generated is not None
+    def _simple(
+        self, kind: str, old: Mapping[str, Any], new: Mapping[str, Any], describe: Callable[[Any], str]
+    ) -> Iterator[Candidate]:
+        for key, was, now in _pairs(old, new):
+            if now is None:
+                yield Candidate(kind, "removed", key, was=was, before=describe(was))
+            elif was is None:
+                yield Candidate(kind, "added", key, now=now, after=describe(now))
+            else:
+                if _shape(was) != _shape(now):
+                    yield Candidate(kind, "changed", key, None, was, now, describe(was), describe(now))
+                yield from _annotations(f"{kind} {key}", None, was, now)
 
+    # -- tables and columns ------------------------------------------------------------------
 
-def _column_reasons(was: Column, now: Column) -> Iterator[str]:
-    if was.type != now.type and not is_widening(was.type, now.type):
-        yield (
-            f"type {was.type} → {now.type} is not a known widening: "
-            "old code may write or expect values the new type does not hold"
-        )
-    if was.nullable and not now.nullable:
-        yield "now NOT NULL: old code may insert NULL"
-    elif not now.nullable and _fills_itself(was) and not _fills_itself(now):
-        yield "lost its default while NOT NULL: inserts from old code that leave it out fail"
-    if now.generated is not None and was.generated is None:
-        yield "now generated: old code that writes it fails"
-    if now.identity == "always" and was.identity != "always" and now.generated is None:
-        yield "now GENERATED ALWAYS AS IDENTITY: old code that supplies a value fails"
+    def _tables(self) -> Iterator[Candidate]:
+        for key, was, now in _pairs(self.old.tables, self.new.tables):
+            if now is None and was is not None:
+                yield Candidate("table", "removed", key, key, was=was, before=describe_table(was))
+            elif was is None and now is not None:
+                yield Candidate("table", "added", key, key, now=now, after=describe_table(now))
+            elif was is not None and now is not None:
+                if _shape(dataclasses.replace(was, columns=())) != _shape(
+                    dataclasses.replace(now, columns=())
+                ):
+                    before, after = describe_table_options(was), describe_table_options(now)
+                    yield Candidate("table", "changed", key, key, was, now, before, after)
+                yield from _annotations(f"table {key}", key, was, now)
+                yield from self._columns(key, was, now)
 
-
-# -- indexes and constraints -----------------------------------------------------------------
-
-
-def _indexes(context: _Context) -> Iterator[Change]:
-    # An index behind a constraint shares its name; the constraint's row speaks for both.
-    backed = set(context.old.constraints) | set(context.new.constraints)
-    for key, was, now in _pairs(context.old.indexes, context.new.indexes):
-        if key in backed:
-            continue
-        sample = now or was
-        assert sample is not None
-        table = f"{sample.schema}.{sample.table}"
-        if table in context.removed_tables:
-            continue
-        # Nobody writes to a materialized view, so its indexes cannot break writes.
-        writable = table not in context.added_tables and not context.is_view(table)
-        if was is None and now is not None:
-            yield _change(
-                "index",
-                "added",
-                now.name,
-                table=table,
-                after=describe_index(now),
-                reason=_REJECTS_WRITES if writable and now.unique else None,
-            )
-        elif now is None and was is not None:
-            yield _change(
-                "index",
-                "removed",
-                was.name,
-                table=table,
-                before=describe_index(was),
-                reason=_ON_CONFLICT if writable and was.unique else None,
-            )
-        elif was is not None and now is not None and was != now:
-            reason = None
-            if writable and now.unique:
-                reason = _REJECTS_WRITES
-            elif writable and was.unique:
-                reason = _ON_CONFLICT
-            yield _change(
-                "index",
-                "changed",
-                now.name,
-                table=table,
-                before=describe_index(was),
-                after=describe_index(now),
-                reason=reason,
-            )
-
-
-def _constraints(context: _Context) -> Iterator[Change]:
-    for _key, was, now in _pairs(context.old.constraints, context.new.constraints):
-        sample = now or was
-        assert sample is not None
-        table = f"{sample.schema}.{sample.table}"
-        if table in context.removed_tables:
-            continue
-        if was is None and now is not None:
-            breaking = table not in context.added_tables and now.kind in _RESTRICTING
-            yield _change(
-                "constraint",
-                "added",
-                now.name,
-                table=table,
-                after=describe_constraint(now),
-                reason=_REJECTS_WRITES if breaking else None,
-            )
-        elif now is None and was is not None:
-            yield _change(
-                "constraint",
-                "removed",
-                was.name,
-                table=table,
-                before=describe_constraint(was),
-                reason=_ON_CONFLICT if was.kind in _ARBITERS else None,
-            )
-        elif was is not None and now is not None and was != now:
-            yield _change(
-                "constraint",
-                "changed",
-                now.name,
-                table=table,
-                before=describe_constraint(was),
-                after=describe_constraint(now),
-                reason=_REJECTS_WRITES if now.kind in _RESTRICTING else None,
-            )
-
-
-# -- views, functions, sequences, enums ------------------------------------------------------
-
-
-def _views(context: _Context) -> Iterator[Change]:
-    for key, was, now in _pairs(context.old.views, context.new.views):
-        if now is None and was is not None:
-            yield _change(
-                "view", "removed", key, before=describe_view(was), reason="old code that queries it fails"
-            )
-        elif was is None and now is not None:
-            yield _change("view", "added", key, after=describe_view(now))
-        elif was is not None and now is not None and not same_view(was, now, context.schemas):
-            yield _change("view", "changed", key, before=describe_view(was), after=describe_view(now))
-
-
-def _functions(context: _Context) -> Iterator[Change]:
-    old = _by_name(context.old.functions.values())
-    new = _by_name(context.new.functions.values())
-    for qualified, was_overloads, now_overloads in _pairs(old, new):
-        before, after = was_overloads or {}, now_overloads or {}
-        gone = [before[arguments] for arguments in sorted(set(before) - set(after))]
-        came = [after[arguments] for arguments in sorted(set(after) - set(before))]
-        # Same name, other arguments: a signature change, which old callers notice.
-        while gone and came:
-            was, now = gone.pop(0), came.pop(0)
-            yield _change(
-                "function",
-                "changed",
-                qualified,
-                before=signature(was),
-                after=signature(now),
-                reason="arguments changed: old code that calls it with the old arguments fails",
-            )
-        for was in gone:
-            yield _change(
-                "function",
-                "removed",
-                function_key(was),
-                before=signature(was),
-                reason="old code that calls it fails",
-            )
-        for now in came:
-            yield _change("function", "added", function_key(now), after=signature(now))
-        for arguments in sorted(set(before) & set(after)):
-            was, now = before[arguments], after[arguments]
-            if was == now:
+    def _columns(self, table: str, before: Table, after: Table) -> Iterator[Candidate]:
+        old = {column.name: column for column in before.columns}
+        new = {column.name: column for column in after.columns}
+        for column in before.columns:
+            if column.name not in new:
+                yield Candidate("column", "removed", column.name, table, was=column, before=column.describe())
+        for column in after.columns:
+            if column.name not in old:
+                yield Candidate("column", "added", column.name, table, now=column, after=column.describe())
+        for name, was in old.items():
+            now = new.get(name)
+            if now is None:
                 continue
-            reasons = []
-            if was.kind != now.kind:
-                reasons.append(f"now a {now.kind}: old code that uses it as a {was.kind} fails")
-            if was.result != now.result:
-                reasons.append(f"returns {now.result or 'nothing'} instead of {was.result or 'nothing'}")
-            yield _change(
-                "function",
-                "changed",
-                function_key(now),
-                before=squash(was.definition),
-                after=squash(now.definition),
-                reason="; ".join(reasons) or None,
-            )
+            if was.definition() != now.definition():
+                yield Candidate("column", "changed", name, table, was, now, was.describe(), now.describe())
+            yield from _annotations(f"column {name}", table, was, now)
+
+    # -- objects of a table ------------------------------------------------------------------
+
+    def _indexes(self) -> Iterator[Candidate]:
+        # An index behind a constraint shares its name; the constraint's row speaks for its
+        # definition, the index keeps its own clustering and comment.
+        backed = set(self.old.constraints) | set(self.new.constraints)
+        for key, was, now in _pairs(self.old.indexes, self.new.indexes):
+            sample = now or was
+            assert sample is not None
+            table = f"{sample.schema}.{sample.table}"
+            if table in self.removed:
+                continue
+            if was is None and now is not None:
+                if key not in backed:
+                    yield Candidate("index", "added", now.name, table, now=now, after=describe_index(now))
+            elif now is None and was is not None:
+                if key not in backed:
+                    yield Candidate("index", "removed", was.name, table, was=was, before=describe_index(was))
+            elif was is not None and now is not None:
+                differs = was.clustered != now.clustered if key in backed else _shape(was) != _shape(now)
+                if differs:
+                    yield Candidate(
+                        "index",
+                        "changed",
+                        now.name,
+                        table,
+                        was,
+                        now,
+                        describe_index(was),
+                        describe_index(now),
+                    )
+                yield from _annotations(f"index {now.name}", table, was, now)
+
+    def _on_tables(
+        self, kind: str, old: Mapping[str, Any], new: Mapping[str, Any], describe: Callable[[Any], str]
+    ) -> Iterator[Candidate]:
+        """Constraints, triggers, policies and rules: named within their table, gone with it."""
+        for _key, was, now in _pairs(old, new):
+            sample: Any = now or was
+            table = f"{sample.schema}.{sample.table}"
+            if table in self.removed:
+                continue
+            if was is None:
+                yield Candidate(kind, "added", sample.name, table, now=now, after=describe(now))
+            elif now is None:
+                yield Candidate(kind, "removed", sample.name, table, was=was, before=describe(was))
+            else:
+                if _shape(was) != _shape(now):
+                    yield Candidate(kind, "changed", now.name, table, was, now, describe(was), describe(now))
+                yield from _annotations(f"{kind} {now.name}", table, was, now)
+
+    # -- views, functions, sequences ---------------------------------------------------------
+
+    def _views(self) -> Iterator[Candidate]:
+        for key, was, now in _pairs(self.old.views, self.new.views):
+            if now is None and was is not None:
+                yield Candidate("view", "removed", key, was=was, before=describe_view(was))
+            elif was is None and now is not None:
+                yield Candidate("view", "added", key, now=now, after=describe_view(now))
+            elif was is not None and now is not None:
+                if not same_view(was, now, self.schemas) or (was.options, was.columns) != (
+                    now.options,
+                    now.columns,
+                ):
+                    yield Candidate(
+                        "view", "changed", key, None, was, now, describe_view(was), describe_view(now)
+                    )
+                label = "materialized view" if now.materialized else "view"
+                yield from _annotations(f"{label} {key}", None, was, now)
+                before, after = dict(was.column_comments), dict(now.column_comments)
+                for column, text_was, text_now in _pairs(before, after):
+                    if text_was != text_now:
+                        action = "added" if text_was is None else "removed" if text_now is None else "changed"
+                        yield Candidate(
+                            "comment",
+                            action,
+                            f"column {key}.{column}",
+                            None,
+                            text_was,
+                            text_now,
+                            text_was,
+                            text_now,
+                        )
+
+    def _functions(self) -> Iterator[Candidate]:
+        old, new = _by_name(self.old.functions.values()), _by_name(self.new.functions.values())
+        for qualified, was_overloads, now_overloads in _pairs(old, new):
+            before, after = was_overloads or {}, now_overloads or {}
+            gone = [before[arguments] for arguments in sorted(set(before) - set(after))]
+            came = [after[arguments] for arguments in sorted(set(after) - set(before))]
+            # Same name, other arguments: a signature change, which old callers notice.
+            while gone and came:
+                was, now = gone.pop(0), came.pop(0)
+                yield Candidate(
+                    "function", "changed", qualified, None, was, now, signature(was), signature(now)
+                )
+            for was in gone:
+                yield Candidate("function", "removed", function_key(was), was=was, before=signature(was))
+            for now in came:
+                yield Candidate("function", "added", function_key(now), now=now, after=signature(now))
+            for arguments in sorted(set(before) & set(after)):
+                was, now = before[arguments], after[arguments]
+                key = function_key(now)
+                if _shape(was) != _shape(now):
+                    text_was, text_now = squash(was.definition), squash(now.definition)
+                    yield Candidate("function", "changed", key, None, was, now, text_was, text_now)
+                yield from _annotations(f"{now.kind} {key}", None, was, now)
+
+    def _sequences(self) -> Iterator[Candidate]:
+        for key, was, now in _pairs(self.old.sequences, self.new.sequences):
+            if now is None and was is not None:
+                # A serial or identity column took its sequence with it; that column's row says so.
+                if was.owned_by and not _has_column(
+                    self.new, owner_table(was), was.owned_by.rsplit(".", 1)[1]
+                ):
+                    continue
+                yield Candidate("sequence", "removed", key, was=was, before=describe_sequence(was))
+            elif was is None and now is not None:
+                if now.owned_by and not _has_column(
+                    self.old, owner_table(now), now.owned_by.rsplit(".", 1)[1]
+                ):
+                    continue
+                yield Candidate("sequence", "added", key, now=now, after=describe_sequence(now))
+            elif was is not None and now is not None:
+                if _shape(was) != _shape(now):
+                    before, after = describe_sequence(was), describe_sequence(now)
+                    yield Candidate("sequence", "changed", key, None, was, now, before, after)
+                yield from _annotations(f"sequence {key}", None, was, now)
+
+
+def _has_column(side: Schema, table: str | None, column: str) -> bool:
+    found = side.tables.get(table or "")
+    return found is not None and found.column(column) is not None
 
 
 def _by_name(functions: Iterable[Function]) -> dict[str, dict[str, Function]]:
@@ -401,46 +394,3 @@ def _by_name(functions: Iterable[Function]) -> dict[str, dict[str, Function]]:
     for function in functions:
         out.setdefault(f"{function.schema}.{function.name}", {})[function.arguments] = function
     return out
-
-
-def _sequences(context: _Context) -> Iterator[Change]:
-    for key, was, now in _pairs(context.old.sequences, context.new.sequences):
-        if now is None and was is not None:
-            # A serial or identity column took its sequence with it; that column's row says so.
-            if was.owned_by and not context.has_column(
-                owner_table(was), was.owned_by.rsplit(".", 1)[1], context.new
-            ):
-                continue
-            yield _change(
-                "sequence",
-                "removed",
-                key,
-                before=describe_sequence(was),
-                reason="old code that calls nextval() on it fails",
-            )
-        elif was is None and now is not None:
-            if now.owned_by and not context.has_column(
-                owner_table(now), now.owned_by.rsplit(".", 1)[1], context.old
-            ):
-                continue
-            yield _change("sequence", "added", key, after=describe_sequence(now))
-        elif was is not None and now is not None and was != now:
-            yield _change(
-                "sequence", "changed", key, before=describe_sequence(was), after=describe_sequence(now)
-            )
-
-
-def _enums(context: _Context) -> Iterator[Change]:
-    for key, was, now in _pairs(context.old.enums, context.new.enums):
-        if now is None and was is not None:
-            yield _change(
-                "enum", "removed", key, before=describe_enum(was), reason="old code that uses the type fails"
-            )
-        elif was is None and now is not None:
-            yield _change("enum", "added", key, after=describe_enum(now))
-        elif was is not None and now is not None and was != now:
-            dropped = ", ".join(quote_literal(label) for label in was.labels if label not in now.labels)
-            reason = f"labels removed ({dropped}): old code may still write them" if dropped else None
-            yield _change(
-                "enum", "changed", key, before=describe_enum(was), after=describe_enum(now), reason=reason
-            )

@@ -5,23 +5,38 @@ migrated template) and migration checks that compare fingerprints (upgrade twice
 downgrade then upgrade, must land on the same schema). Both only work if the same
 migrations on two databases give equal values, so nothing here may carry an OID, the
 database's name or the physical order of catalog rows.
+
+Roles are the one thing that legitimately differs between two databases built by the same
+migrations: production belongs to one role, a CI server to another. So ownership is kept as
+:data:`CURRENT_ROLE` or :data:`OTHER_ROLE` (whoever reads the schema owns it, or someone
+else does), and grants name the reading role ``current role`` too; other grantees keep
+their names, since a grant to ``app_reader`` is what a migration wrote.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import typing
 from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 #: Part of the canonical form, so fingerprints from an incompatible model never compare equal.
-SCHEMA_FORMAT = "dbbranch-schema-v1"
+SCHEMA_FORMAT = "dbbranch-schema-v2"
+
+#: The owner of an object, as the reading role sees it.
+CURRENT_ROLE = "current role"
+OTHER_ROLE = "other role"
 
 
 @dataclass(frozen=True)
 class Column:
-    """One table column; ``generated`` ends in `` VIRTUAL`` for PostgreSQL 18 virtual columns."""
+    """One table column; ``generated`` ends in `` VIRTUAL`` for PostgreSQL 18 virtual columns.
+    ``options`` are the storage settings that differ from the type's (``STORAGE EXTERNAL``,
+    ``COMPRESSION pglz``, ``STATISTICS 500``, ``n_distinct=10``); ``grants`` are column
+    privileges (``GRANT SELECT (col)``) as ``role:PRIVILEGE``."""
 
     name: str
     type: str
@@ -30,6 +45,9 @@ class Column:
     identity: str | None = None
     generated: str | None = None
     collation: str | None = None
+    options: tuple[str, ...] = ()
+    comment: str | None = None
+    grants: tuple[str, ...] = ()
 
     def describe(self) -> str:
         """Reads like the DDL a reviewer wrote, which is what a diff cell should show."""
@@ -45,20 +63,44 @@ class Column:
         if self.generated:
             expression, virtual = _split_generated(self.generated)
             parts.append(f"GENERATED ALWAYS AS ({expression}) {'VIRTUAL' if virtual else 'STORED'}")
+        parts.extend(self.options)
         return " ".join(parts)
+
+    def definition(self) -> Column:
+        """The column without what is reported on its own rows (comment, grants)."""
+        return dataclasses.replace(self, comment=None, grants=())
 
 
 @dataclass(frozen=True)
 class Table:
+    """A table or partitioned table. ``partition_key`` is ``pg_get_partkeydef`` (``RANGE
+    (at)``); a partition names its parent in ``partition_of`` and its bound in
+    ``partition_bound``; ``options`` are the storage parameters (``fillfactor=70``)."""
+
     schema: str
     name: str
     columns: tuple[Column, ...]
-    partitioned: bool = False
+    partition_key: str | None = None
+    partition_of: str | None = None
+    partition_bound: str | None = None
+    inherits: tuple[str, ...] = ()
+    unlogged: bool = False
+    options: tuple[str, ...] = ()
+    access_method: str = "heap"
+    replica_identity: str = "default"
+    row_security: bool = False
+    force_row_security: bool = False
     comment: str | None = None
+    owner: str = CURRENT_ROLE
+    grants: tuple[str, ...] = ()
 
     @property
     def qualified(self) -> str:
         return f"{self.schema}.{self.name}"
+
+    @property
+    def partitioned(self) -> bool:
+        return self.partition_key is not None
 
     def column(self, name: str) -> Column | None:
         return next((c for c in self.columns if c.name == name), None)
@@ -74,30 +116,95 @@ class Index:
     definition: str
     unique: bool
     primary: bool
+    clustered: bool = False
+    comment: str | None = None
 
 
 @dataclass(frozen=True)
 class Constraint:
+    """Primary key, unique, check, foreign key or exclusion constraint of a table;
+    ``definition`` is ``pg_get_constraintdef`` (deferrability and ``NOT VALID`` included)."""
+
     schema: str
     table: str
     name: str
     kind: str
     definition: str
+    comment: str | None = None
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """A user trigger (``pg_get_triggerdef``); ``enabled`` is ``origin`` (the default),
+    ``disabled``, ``replica`` or ``always``."""
+
+    schema: str
+    table: str
+    name: str
+    definition: str
+    enabled: str = "origin"
+    comment: str | None = None
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A row-level security policy; ``command`` is ``ALL``, ``SELECT``, ``INSERT``,
+    ``UPDATE`` or ``DELETE``; ``using`` and ``with_check`` are ``pg_get_expr`` texts."""
+
+    schema: str
+    table: str
+    name: str
+    command: str
+    permissive: bool
+    roles: tuple[str, ...]
+    using: str | None = None
+    with_check: str | None = None
+    comment: str | None = None
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A rewrite rule (``pg_get_ruledef``), except the ``_RETURN`` rule every view has."""
+
+    schema: str
+    table: str
+    name: str
+    definition: str
+    enabled: str = "origin"
+    comment: str | None = None
+
+
+@dataclass(frozen=True)
+class Attribute:
+    """One attribute of a composite type or column of a view, in their order."""
+
+    name: str
+    type: str
+    collation: str | None = None
 
 
 @dataclass(frozen=True)
 class View:
+    """A view or materialized view; ``columns`` are what its queries return (the definition
+    says how), ``column_comments`` are ``(column, comment)`` pairs."""
+
     schema: str
     name: str
     definition: str
     materialized: bool
+    options: tuple[str, ...] = ()
+    columns: tuple[Attribute, ...] = ()
+    column_comments: tuple[tuple[str, str], ...] = ()
+    comment: str | None = None
+    owner: str = CURRENT_ROLE
+    grants: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class Function:
-    """Routines; ``definition`` is ``pg_get_functiondef`` so a change of language, volatility
-    or security is caught along with the body; aggregates, which that function refuses, get a
-    synthesised ``SFUNC = …, STYPE = …`` text instead."""
+    """Routines; ``definition`` is ``pg_get_functiondef`` so a change of body, language,
+    volatility, strictness or security is caught; aggregates, which that function refuses,
+    get a synthesised ``SFUNC = …, STYPE = …`` text instead."""
 
     schema: str
     name: str
@@ -105,6 +212,9 @@ class Function:
     result: str
     kind: str
     definition: str
+    comment: str | None = None
+    owner: str = CURRENT_ROLE
+    grants: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -117,6 +227,14 @@ class Sequence:
     start: int
     increment: int
     owned_by: str | None = None
+    minimum: int = 1
+    maximum: int = 9223372036854775807
+    cache: int = 1
+    cycle: bool = False
+    unlogged: bool = False
+    comment: str | None = None
+    owner: str = CURRENT_ROLE
+    grants: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -124,6 +242,65 @@ class EnumType:
     schema: str
     name: str
     labels: tuple[str, ...]
+    comment: str | None = None
+    owner: str = CURRENT_ROLE
+    grants: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Domain:
+    """``constraints`` are ``(name, definition)`` pairs in name order."""
+
+    schema: str
+    name: str
+    base_type: str
+    not_null: bool = False
+    default: str | None = None
+    collation: str | None = None
+    constraints: tuple[tuple[str, str], ...] = ()
+    comment: str | None = None
+    owner: str = CURRENT_ROLE
+    grants: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class CompositeType:
+    schema: str
+    name: str
+    attributes: tuple[Attribute, ...]
+    comment: str | None = None
+    owner: str = CURRENT_ROLE
+    grants: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RangeType:
+    """``definition`` reads like ``CREATE TYPE … AS RANGE``'s options."""
+
+    schema: str
+    name: str
+    definition: str
+    comment: str | None = None
+    owner: str = CURRENT_ROLE
+    grants: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Extension:
+    name: str
+    version: str
+    schema: str
+    comment: str | None = None
+
+
+@dataclass(frozen=True)
+class Namespace:
+    """A schema (``CREATE SCHEMA``); named so because :class:`Schema` is the whole model."""
+
+    name: str
+    comment: str | None = None
+    owner: str = CURRENT_ROLE
+    grants: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -138,6 +315,14 @@ class Schema:
     functions: Mapping[str, Function] = field(default_factory=dict)
     sequences: Mapping[str, Sequence] = field(default_factory=dict)
     enums: Mapping[str, EnumType] = field(default_factory=dict)
+    triggers: Mapping[str, Trigger] = field(default_factory=dict)
+    policies: Mapping[str, Policy] = field(default_factory=dict)
+    rules: Mapping[str, Rule] = field(default_factory=dict)
+    domains: Mapping[str, Domain] = field(default_factory=dict)
+    composites: Mapping[str, CompositeType] = field(default_factory=dict)
+    ranges: Mapping[str, RangeType] = field(default_factory=dict)
+    extensions: Mapping[str, Extension] = field(default_factory=dict)
+    schemas: Mapping[str, Namespace] = field(default_factory=dict)
 
     def without(self, exclude: Collection[str]) -> Schema:
         """Drop excluded tables with everything that exists only because of them.
@@ -150,14 +335,19 @@ class Schema:
         dropped = {key for key, table in self.tables.items() if is_excluded(table, exclude)}
         if not dropped:
             return self
-        return Schema(
+
+        def kept(items: Mapping[str, Any]) -> dict[str, Any]:
+            return {k: v for k, v in items.items() if f"{v.schema}.{v.table}" not in dropped}
+
+        return dataclasses.replace(
+            self,
             tables={k: v for k, v in self.tables.items() if k not in dropped},
-            indexes={k: v for k, v in self.indexes.items() if f"{v.schema}.{v.table}" not in dropped},
-            constraints={k: v for k, v in self.constraints.items() if f"{v.schema}.{v.table}" not in dropped},
-            views=dict(self.views),
-            functions=dict(self.functions),
+            indexes=kept(self.indexes),
+            constraints=kept(self.constraints),
+            triggers=kept(self.triggers),
+            policies=kept(self.policies),
+            rules=kept(self.rules),
             sequences={k: v for k, v in self.sequences.items() if owner_table(v) not in dropped},
-            enums=dict(self.enums),
         )
 
     def fingerprint(self, *, exclude: Collection[str] = ("alembic_version",)) -> str:
@@ -170,7 +360,7 @@ class Schema:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, with keys sorted, so the output can be stored and compared as text."""
         out: dict[str, Any] = {"format": SCHEMA_FORMAT}
-        for section in _SECTIONS:
+        for section in SECTIONS:
             items: Mapping[str, Any] = getattr(self, section)
             out[section] = {key: asdict(items[key]) for key in sorted(items)}
         return out
@@ -181,36 +371,54 @@ class Schema:
         fmt = data.get("format", SCHEMA_FORMAT)
         if fmt != SCHEMA_FORMAT:
             raise ValueError(f"schema snapshot has format {fmt!r}; this version reads {SCHEMA_FORMAT!r}")
-        tables = {
-            key: Table(
-                schema=value["schema"],
-                name=value["name"],
-                columns=tuple(Column(**column) for column in value["columns"]),
-                partitioned=value.get("partitioned", False),
-                comment=value.get("comment"),
-            )
-            for key, value in data.get("tables", {}).items()
+        sections = {
+            section: {key: _load(kind, value) for key, value in data.get(section, {}).items()}
+            for section, kind in SECTIONS.items()
         }
-        enums = {
-            key: EnumType(schema=value["schema"], name=value["name"], labels=tuple(value["labels"]))
-            for key, value in data.get("enums", {}).items()
-        }
-
-        def load(section: str, kind: Any) -> dict[str, Any]:
-            return {key: kind(**value) for key, value in data.get(section, {}).items()}
-
-        return cls(
-            tables=tables,
-            indexes=load("indexes", Index),
-            constraints=load("constraints", Constraint),
-            views=load("views", View),
-            functions=load("functions", Function),
-            sequences=load("sequences", Sequence),
-            enums=enums,
-        )
+        return cls(**sections)
 
 
-_SECTIONS = ("tables", "indexes", "constraints", "views", "functions", "sequences", "enums")
+#: Every section of :class:`Schema` and the type of its values, in canonical order.
+SECTIONS: dict[str, type] = {
+    "schemas": Namespace,
+    "extensions": Extension,
+    "tables": Table,
+    "indexes": Index,
+    "constraints": Constraint,
+    "triggers": Trigger,
+    "policies": Policy,
+    "rules": Rule,
+    "views": View,
+    "functions": Function,
+    "sequences": Sequence,
+    "enums": EnumType,
+    "domains": Domain,
+    "composites": CompositeType,
+    "ranges": RangeType,
+}
+
+
+def _load(kind: Any, value: Any) -> Any:
+    """A dataclass back from its JSON form: lists become tuples again, nested dataclasses
+    (columns, attributes) are rebuilt, so the loaded value compares equal to the read one."""
+    hints = typing.get_type_hints(kind)
+    arguments = {}
+    for item in dataclasses.fields(kind):
+        if item.name not in value:
+            continue
+        arguments[item.name] = _convert(hints[item.name], value[item.name])
+    return kind(**arguments)
+
+
+def _convert(hint: Any, value: Any) -> Any:
+    if value is None or typing.get_origin(hint) is not tuple:
+        return value
+    inner = typing.get_args(hint)[0]
+    if dataclasses.is_dataclass(inner):
+        return tuple(_load(inner, item) for item in value)
+    if typing.get_origin(inner) is tuple:
+        return tuple(tuple(item) for item in value)
+    return tuple(value)
 
 
 def is_excluded(table: Table, exclude: Collection[str]) -> bool:

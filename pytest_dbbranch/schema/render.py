@@ -16,7 +16,21 @@ from .diff import Change, SchemaDiff
 CELL_LIMIT = 160
 _CONTEXT = 40
 _WARNING = "⚠️"
-_SECTIONS = (("view", "Views"), ("function", "Functions"), ("sequence", "Sequences"), ("enum", "Enums"))
+#: Headings of the changes that belong to no table, in the order they are shown.
+_SECTIONS = (
+    ("schema", "Schemas"),
+    ("extension", "Extensions"),
+    ("view", "Views"),
+    ("function", "Functions"),
+    ("sequence", "Sequences"),
+    ("enum", "Enums"),
+    ("domain", "Domains"),
+    ("composite type", "Composite types"),
+    ("range type", "Range types"),
+    ("comment", "Comments"),
+    ("owner", "Owners"),
+    ("grant", "Grants"),
+)
 
 
 def render_json(diff: SchemaDiff) -> str:

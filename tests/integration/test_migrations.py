@@ -12,7 +12,8 @@ import pytest
 
 from pytest_dbbranch.conninfo import ServerAddress
 from pytest_dbbranch.errors import ConfigError, MigrationError
-from pytest_dbbranch.migrations.alembic import current_revisions, load_alembic, revisions_since
+from pytest_dbbranch.migrations.alembic import load_alembic
+from pytest_dbbranch.migrations.versions import current_revisions, revisions_since
 from tests.helpers import AlembicProject, create_database, drop_database
 
 WHERE = "--dbbranch-revision"
@@ -47,10 +48,10 @@ def test_upgrade_and_downgrade_move_the_version_table(
     what an upgrade from a database's revision applies, in order."""
     migrator = load_alembic(alembic_project.ini, "ini option dbbranch_alembic_ini")
     assert revisions_at(target) == ()
-    assert [script.revision for script in revisions_since(migrator, (), "head")] == ["r1", "r2"]
+    assert [script.revision for script in revisions_since(migrator.script, (), "head")] == ["r1", "r2"]
     migrator.upgrade(target, "r1")
     assert revisions_at(target) == ("r1",)
-    assert [script.revision for script in revisions_since(migrator, ("r1",), "head")] == ["r2"]
+    assert [script.revision for script in revisions_since(migrator.script, ("r1",), "head")] == ["r2"]
     migrator.upgrade(target, "head")
     assert revisions_at(target) == ("r2",)
     migrator.downgrade(target, "r1")

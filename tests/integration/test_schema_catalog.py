@@ -30,7 +30,18 @@ from pytest_dbbranch.schema import (
     render_json,
     render_markdown,
 )
-from pytest_dbbranch.schema.model import Column, Sequence
+from pytest_dbbranch.schema.model import (
+    CURRENT_ROLE,
+    OTHER_ROLE,
+    SECTIONS,
+    Attribute,
+    Column,
+    Domain,
+    Namespace,
+    Policy,
+    Sequence,
+    Trigger,
+)
 from tests.integration.support import wait_for
 
 
@@ -264,12 +275,15 @@ CASES: list[tuple[str, str, list[tuple[str, str, str | None, str, bool]]]] = [
     (
         "table in a second schema",
         "CREATE SCHEMA billing; CREATE TABLE billing.invoices (id bigint NOT NULL, item_id integer)",
-        [("table", "added", "billing.invoices", "billing.invoices", False)],
+        [
+            ("table", "added", "billing.invoices", "billing.invoices", False),
+            ("schema", "added", None, "billing", False),
+        ],
     ),
     (
         "change table comment",
         "COMMENT ON TABLE items IS 'things we sell'",
-        [("table", "changed", ITEMS, ITEMS, False)],
+        [("comment", "added", ITEMS, "table public.items", False)],
     ),
     # indexes
     ("add index", "CREATE INDEX items_qty ON items (qty)", [("index", "added", ITEMS, "items_qty", False)]),
@@ -308,7 +322,7 @@ CASES: list[tuple[str, str, list[tuple[str, str, str | None, str, bool]]]] = [
     (
         "drop primary key",
         "ALTER TABLE orders DROP CONSTRAINT orders_pkey",
-        [("constraint", "removed", "public.orders", "orders_pkey", True)],
+        [("constraint", "removed", "public.orders", "orders_pkey", False)],
     ),
     # views
     (
@@ -449,6 +463,7 @@ def test_change_details(db: Scratch) -> None:
         None,
         True,
         'old code that reads or writes "note" fails; rename candidate: "remark" (same type text)',
+        "column-dropped",
     )
     assert changes["column", "qty"] == Change(
         "column",
@@ -459,6 +474,7 @@ def test_change_details(db: Scratch) -> None:
         "integer NOT NULL DEFAULT 0",
         True,
         "now NOT NULL: old code may insert NULL",
+        "column-not-null",
     )
     assert changes["column", "color"].reason == (
         "NOT NULL without a default: inserts from old code, which never set it, fail"
@@ -472,10 +488,11 @@ def test_change_details(db: Scratch) -> None:
         "UNIQUE (sku)",
         True,
         "may reject writes old code makes",
+        "unique-added",
     )
     assert changes["enum", "public.mood"] == Change(
         "enum", "changed", None, "public.mood", "('sad', 'ok', 'happy')", "('sad', 'happy')", True,
-        "labels removed ('ok'): old code may still write them",
+        "labels removed ('ok'): old code may still write them", "enum-label-dropped",
     )  # fmt: skip
 
 
@@ -564,6 +581,102 @@ def test_model_reads_every_kind(db: Scratch) -> None:
     only_billing = db.read(schemas=["billing"])
     assert set(only_billing.tables) == {"billing.invoices"}
     assert not only_billing.views and not only_billing.enums and not only_billing.functions
+
+
+#: One of each kind the model reads beyond tables, indexes, constraints, views, functions,
+#: sequences and enums; needs no role beyond the reader and no extension.
+MORE_KINDS = """
+;CREATE SCHEMA billing; COMMENT ON SCHEMA billing IS 'money'; GRANT USAGE ON SCHEMA billing TO PUBLIC
+;CREATE DOMAIN posint AS integer DEFAULT 1 NOT NULL CONSTRAINT posint_positive CHECK (VALUE > 0)
+;CREATE TYPE pair AS (a integer, b text COLLATE "C")
+;CREATE TYPE floatspan AS RANGE (subtype = float8, subtype_diff = float8mi)
+;CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$
+;CREATE TRIGGER items_touch BEFORE UPDATE OF qty ON items FOR EACH ROW WHEN (NEW.qty > 0)
+    EXECUTE FUNCTION touch()
+;ALTER TABLE orders ENABLE ROW LEVEL SECURITY
+;CREATE POLICY orders_small ON orders AS RESTRICTIVE FOR INSERT TO PUBLIC WITH CHECK (amount < 100)
+;CREATE RULE orders_keep AS ON DELETE TO orders DO INSTEAD NOTHING
+;CREATE TABLE events (at date NOT NULL, kind text) PARTITION BY RANGE (at)
+;CREATE TABLE events_2025 PARTITION OF events FOR VALUES FROM ('2025-01-01') TO ('2026-01-01')
+;CREATE UNLOGGED TABLE scratch (x integer) WITH (fillfactor = 70)
+;ALTER TABLE items ALTER note SET STORAGE EXTERNAL, ALTER qty SET STATISTICS 500
+;COMMENT ON COLUMN items.sku IS 'stock keeping unit'; COMMENT ON VIEW cheap IS 'under 100'
+;COMMENT ON COLUMN cheap.id IS 'the id'; COMMENT ON TRIGGER items_touch ON items IS 'audit'
+;GRANT SELECT, UPDATE (qty) ON items TO PUBLIC; REVOKE EXECUTE ON FUNCTION add_tax(numeric) FROM PUBLIC
+;CREATE SEQUENCE tickets MINVALUE 10 MAXVALUE 100 CACHE 5 CYCLE
+"""
+
+
+def test_model_reads_more_kinds(db: Scratch) -> None:
+    """Triggers, row-level security, rules, domains, composite and range types, schemas,
+    partitions, storage options, comments, grants and owners read as PostgreSQL defines them."""
+    db.run(BASE + MORE_KINDS + ";CREATE EXTENSION citext SCHEMA billing")
+    schema = db.read()
+    assert schema.schemas["billing"] == Namespace("billing", "money", CURRENT_ROLE, ("PUBLIC:USAGE",))
+    assert schema.schemas["public"].owner == CURRENT_ROLE, "public belongs to the database's owner"
+    citext = schema.extensions["citext"]
+    assert (citext.name, citext.schema, citext.version != "") == ("citext", "billing", True)
+    assert schema.domains["public.posint"] == Domain(
+        "public", "posint", "integer", True, "1", None, (("posint_positive", "CHECK ((VALUE > 0))"),)
+    )
+    assert schema.composites["public.pair"].attributes == (
+        Attribute("a", "integer"),
+        Attribute("b", "text", '"C"'),
+    )
+    assert schema.ranges["public.floatspan"].definition == (
+        "SUBTYPE = double precision, SUBTYPE_OPCLASS = pg_catalog.float8_ops, SUBTYPE_DIFF = float8mi,"
+        " MULTIRANGE_TYPE_NAME = public.floatspan_multirange"
+    )
+    assert not [key for key in schema.functions if "floatspan" in key], (
+        "a range type's constructors are the type's"
+    )
+    assert schema.triggers["public.items.items_touch"] == Trigger(
+        "public",
+        "items",
+        "items_touch",
+        "CREATE TRIGGER items_touch BEFORE UPDATE OF qty ON public.items FOR EACH ROW WHEN ((new.qty > 0))"
+        " EXECUTE FUNCTION public.touch()",
+        "origin",
+        "audit",
+    )
+    orders = schema.tables["public.orders"]
+    assert (orders.row_security, orders.force_row_security) == (True, False)
+    assert schema.policies["public.orders.orders_small"] == Policy(
+        "public", "orders", "orders_small", "INSERT", False, ("PUBLIC",), None, "(amount < 100)"
+    )
+    assert schema.rules["public.orders.orders_keep"].definition == (
+        "CREATE RULE orders_keep AS\n    ON DELETE TO public.orders DO INSTEAD NOTHING;"
+    )
+    events, partition = schema.tables["public.events"], schema.tables["public.events_2025"]
+    assert (events.partition_key, events.partitioned) == ("RANGE (at)", True)
+    assert (partition.partition_of, partition.partition_bound) == (
+        "public.events",
+        "FOR VALUES FROM ('2025-01-01') TO ('2026-01-01')",
+    )
+    scratch = schema.tables["public.scratch"]
+    assert (scratch.unlogged, scratch.options) == (True, ("fillfactor=70",))
+    items = schema.tables["public.items"]
+    assert items.column("note").options == ("STORAGE EXTERNAL",)  # type: ignore[union-attr]
+    assert items.column("qty").options == ("STATISTICS 500",)  # type: ignore[union-attr]
+    assert items.column("qty").grants == ("PUBLIC:UPDATE",)  # type: ignore[union-attr]
+    assert items.column("sku").comment == "stock keeping unit"  # type: ignore[union-attr]
+    assert (items.grants, items.owner) == (("PUBLIC:SELECT",), CURRENT_ROLE)
+    cheap = schema.views["public.cheap"]
+    assert (cheap.comment, cheap.column_comments, cheap.columns) == (
+        "under 100",
+        (("id", "the id"),),
+        (Attribute("id", "integer"),),
+    )
+    assert schema.functions["public.add_tax(amount numeric)"].grants == ("revoked PUBLIC:EXECUTE",)
+    tickets = schema.sequences["public.tickets"]
+    assert (tickets.minimum, tickets.maximum, tickets.cache, tickets.cycle, tickets.start) == (
+        10,
+        100,
+        5,
+        True,
+        10,
+    )
+    assert Schema.from_dict(json.loads(json.dumps(schema.to_dict()))) == schema
 
 
 # -- fingerprints ----------------------------------------------------------------------------
@@ -660,7 +773,7 @@ def test_dict_round_trip(db: Scratch) -> None:
 def test_read_as_non_superuser_and_read_only(db: Scratch) -> None:
     """Reading needs no privileges beyond connecting, works in a read-only transaction, and
     leaves the caller's transaction and settings alone."""
-    db.run(BASE + ";".join(FORWARD))
+    db.run(BASE + ";".join(FORWARD) + MORE_KINDS)
     expected = db.read()
     role = f"schema reader {uuid.uuid4().hex[:8]}"
     db.conn.execute(sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER").format(sql.Identifier(role)))
@@ -672,7 +785,7 @@ def test_read_as_non_superuser_and_read_only(db: Scratch) -> None:
             conn.read_only = True
             conn.execute("SET LOCAL TimeZone = 'Pacific/Auckland'")
             assert conn.execute("SHOW transaction_read_only").fetchone() == {"transaction_read_only": "on"}
-            assert read_schema(conn) == expected
+            assert read_schema(conn) == seen_by_another_role(expected)
             # The caller's transaction and settings are left as they were.
             assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
             row = conn.execute(
@@ -682,9 +795,25 @@ def test_read_as_non_superuser_and_read_only(db: Scratch) -> None:
             conn.rollback()
         with psycopg.connect(reader.conninfo(db.name), autocommit=True) as conn:
             conn.execute("SET default_transaction_read_only = on")
-            assert read_schema(conn) == expected
+            assert read_schema(conn) == seen_by_another_role(expected)
     finally:
         db.conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def seen_by_another_role(schema: Schema) -> Schema:
+    """The same schema as a role that owns none of it reads it: every owner is another role
+    (``public`` too: it belongs to the database's owner)."""
+
+    def owned_by_other(item: Any) -> Any:
+        return dataclasses.replace(item, owner=OTHER_ROLE) if hasattr(item, "owner") else item
+
+    sections = {
+        section: {key: owned_by_other(value) for key, value in getattr(schema, section).items()}
+        for section in SECTIONS
+    }
+    changed = Schema(**sections)
+    assert changed != schema, "the reader owns nothing, so some owner must differ"
+    return changed
 
 
 # -- rendering -------------------------------------------------------------------------------
@@ -772,8 +901,10 @@ def test_json_report(db: Scratch) -> None:
         "after": "btree (qty)",
         "breaking": False,
         "reason": None,
+        "rule": None,
     }
     assert data["changes"][1]["reason"] == "old code that queries it fails"
+    assert data["changes"][1]["rule"] == "view-dropped"
 
 
 # -- PostgreSQL 15 and 18 --------------------------------------------------------------------
@@ -790,6 +921,7 @@ def test_same_ddl_on_postgres_15_and_18_gives_no_diff(system_url: str, db: Scrat
             ";CREATE MATERIALIZED VIEW stock AS SELECT sku, sum(qty) AS qty FROM items GROUP BY sku"
             ";CREATE AGGREGATE total_qty(integer) (SFUNC = int4pl, STYPE = integer, INITCOND = '0')"
         )
+        + MORE_KINDS
     )
     db.run(ddl)
     on_18 = db.read()
