@@ -245,6 +245,7 @@ class Settings:
         "Revisions may lack a downgrade (a team policy of forward-only fixes): the reversible "
         "check lists them and checks the others, instead of failing.",
         _parse_bool,
+        flag=True,
     )
     check_data: CheckData = setting(
         "hash",

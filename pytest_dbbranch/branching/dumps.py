@@ -24,8 +24,6 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Literal
 
-import psycopg
-
 from ..backends import Backend
 from ..conninfo import ServerAddress
 from ..errors import SourceError
@@ -284,6 +282,8 @@ class Gate:
 
 def restore(path: Path, backend: Backend, dbname: str, where: str) -> None:
     """Restore ``path`` into ``dbname`` (one of ours, just forked from an empty parent)."""
+    import psycopg
+
     form = detect_format(path, where)
     address = backend.address(dbname)
     with psycopg.connect(address.conninfo(), connect_timeout=10) as conn:

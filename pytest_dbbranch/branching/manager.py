@@ -223,6 +223,11 @@ class BranchManager:
         ]
         collect(backend, stale)
 
+    def forget_failure(self, settings: Settings) -> None:
+        """Let the next ``plan`` try again (and word its error for its own caller)."""
+        with self._mutex:
+            self._failures.pop(self._plan_key(settings), None)
+
     def _forget_plan(self, settings: Settings) -> None:
         with self._mutex:
             self._templates.pop(self._plan_key(settings), None)

@@ -313,14 +313,14 @@ def test_no_free_connection_slot_while_migrating_is_not_blamed_on_the_migration(
 ) -> None:
     """The slots run out between the fork and Alembic's own connection (the review's second
     message for this input: "Alembic migration failed ... -> fix that migration")."""
-    run = alembic_module._run
+    run = alembic_module.run
     slots = contextlib.ExitStack()
 
     def run_with_every_slot_taken(*args: Any, **kwargs: Any) -> Any:
         slots.enter_context(every_slot_taken(embedded_server))
         return run(*args, **kwargs)
 
-    monkeypatch.setattr(alembic_module, "_run", run_with_every_slot_taken)
+    monkeypatch.setattr(alembic_module, "run", run_with_every_slot_taken)
     manager = BranchManager(setup.settings(), run_id=names.new_run_id())
     try:
         with slots, pytest.raises(DbBranchError) as failure:

@@ -174,7 +174,7 @@ def test_migrations_that_went_elsewhere_stop_the_build(
         message = str(failed.value)
         assert "is not at 'head'" in message and "holds no revision, expected r2" in message
         assert f"name it in dbbranch_url_env (now: {url_env})" in message
-        assert "Nothing was sealed" in message
+        assert "Check the other database: it was migrated." in message
         assert our_branches(url, "template") == [] and our_branches(url) == []
     assert state(url, OTHER) == (True, ("r2",)), "the migrations ran there: the message says to check it"
 

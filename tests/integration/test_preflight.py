@@ -199,7 +199,10 @@ CASES: list[tuple[Callable[[Case], Settings], type[DbBranchError], list[str]]] =
     (
         revision_without_alembic,
         ConfigError,
-        ["environment variable DBBRANCH_REVISION: revision 'r1' is set but no alembic.ini is configured"],
+        [
+            "environment variable DBBRANCH_REVISION: revision 'r1' is set but there are no migrations"
+            " (no alembic.ini found"
+        ],
     ),
     (
         missing_source_file,

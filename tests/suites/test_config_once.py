@@ -93,19 +93,18 @@ def test_a_wrong_setting_is_one_usage_error_before_any_test(
 def test_a_failing_migration_stops_each_worker_after_one_error(
     pytester: pytest.Pytester, alembic_project: AlembicProject, embedded_url: str
 ) -> None:
-    """The template cannot be built: each xdist worker meets that once and stops (exit 1),
-    instead of every test failing in turn."""
+    """The template cannot be built: the xdist controller, which builds it before any test,
+    stops the run once (exit 1) with the migration's error, instead of every test failing in
+    turn; no worker tries again."""
     alembic_project.add("r3", "r2", "UPDATE widgets SET nme = 'x'")
     write_tests(pytester, "test_suite", SUITE.replace("range(4)", "range(8)"))
     result = run_inner(pytester, embedded_url, "-n", "2", "-p", "no:randomly")
     output = result.stdout.str()
     assert result.ret == pytest.ExitCode.TESTS_FAILED, output
-    outcomes = result.parseoutcomes()
-    assert 1 <= outcomes.get("errors", 0) <= 2, output
-    assert outcomes.get("passed", 0) <= 1 and not outcomes.get("failed"), output
+    assert "no tests ran" in output, output
     assert len(list(pytester.path.glob("ran-db-*"))) == 0
-    assert "Interrupted: pytest-dbbranch: Alembic migration failed at revision r3" in output
-    assert alembic_project.runs <= 2
+    assert output.count("pytest-dbbranch: Alembic migration failed at revision r3") == 1, output
+    assert alembic_project.runs == 1
 
 
 PLAIN = """

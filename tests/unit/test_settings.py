@@ -47,6 +47,8 @@ def two_values(spec: Spec) -> list[tuple[str, Any]]:
         return [(str(base + 17), base + 17), (str(base + 23), base + 23)]
     if spec.name == "url_env":  # names of environment variables, normalised to a list
         return [("APP_DB_URL OTHER", "APP_DB_URL,OTHER"), ("none", "none")]
+    if spec.name == "migrations":  # a tool name, or a prefix and what it names
+        return [("sql: db/one ", "sql:db/one"), ("callable:app.db:migrate", "callable:app.db:migrate")]
     return [(f"{spec.name}-one", f"{spec.name}-one"), (f"{spec.name}-two", f"{spec.name}-two")]
 
 
@@ -174,8 +176,10 @@ def test_all_levels_at_once(tmp_path: Path) -> None:
             continue  # too few distinct values to give each level its own: covered pairwise
         numeric = is_numeric(spec)
         first = 2 if spec.name == "pool_size" else 100  # a pool holds at most MAX_POOL_SIZE
+        text = "sql:{}_{}" if spec.name == "migrations" else "{}_{}"  # a folder to migrate from
         given = {
-            level: (str(first + i) if numeric else f"{spec.name}_{level}") for i, level in enumerate(LEVELS)
+            level: (str(first + i) if numeric else text.format(spec.name, level))
+            for i, level in enumerate(LEVELS)
         }
         given = {level: raw for level, raw in given.items() if level in levels_of(spec)}
         settings = build(spec, given, tmp_path)
