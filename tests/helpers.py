@@ -19,6 +19,8 @@ from typing import Any
 
 import psycopg
 import pytest
+from alembic import command as alembic_command
+from alembic.config import Config as AlembicConfig
 from psycopg import sql
 
 from pytest_dbbranch.conninfo import ServerAddress
@@ -391,3 +393,83 @@ def in_private_mounts(
         out, err = proc.communicate()
         pytest.fail(f"{argv} did not end within {timeout}s:\n{out}\n{err}")
     return subprocess.CompletedProcess(command, proc.returncode, out, err)
+
+
+# -- the README's code blocks and projects as `alembic init` writes them ---------------------------
+
+#: A README code block a test runs: ``<!-- readme-example: NAME -->`` right above its fence.
+README_BLOCK = re.compile(r"<!-- readme-example: (\S+) -->\n```(\w*)\n(.*?)```", re.DOTALL)
+
+
+def readme_blocks() -> dict[str, str]:
+    """The marked code blocks of README.md, by name, exactly as a reader copies them."""
+    return {name: body for name, _language, body in README_BLOCK.findall((REPO / "README.md").read_text())}
+
+
+def readme_block(name: str) -> str:
+    blocks = readme_blocks()
+    assert name in blocks, f"README.md has no block marked 'readme-example: {name}'"
+    return blocks[name]
+
+
+class InitializedProject(AlembicProject):
+    """A project as ``alembic init -t TEMPLATE`` writes it: the stock ``env.py`` (with its
+    ``fileConfig``) and ``alembic.ini`` (with its logging sections), ``sqlalchemy.url`` set to
+    ``url``. Users start from these files, so the recipes are tried on them, not on ours.
+
+    (Alembic is imported at the top of this module, before any test: a test using ``pytester``
+    drops the modules first imported during it, and a second import of Alembic and SQLAlchemy
+    beside the first breaks both.)"""
+
+    def __init__(
+        self, root: Path, template: str = "generic", url: str = "postgresql+psycopg://nobody@nowhere/none"
+    ) -> None:
+        import contextlib
+        import io
+
+        root.mkdir(parents=True, exist_ok=True)
+        self.root = root
+        self.ini = root / "alembic.ini"
+        self.versions = root / "migrations" / "versions"
+        self.env_py = root / "migrations" / "env.py"
+        with contextlib.redirect_stdout(io.StringIO()):  # "Creating directory ..."
+            alembic_command.init(AlembicConfig(str(self.ini)), str(root / "migrations"), template=template)
+        text = self.ini.read_text()
+        assert "driver://user:pass@localhost/dbname" in text
+        self.ini.write_text(text.replace("driver://user:pass@localhost/dbname", url))
+        self.versions.mkdir(exist_ok=True)
+
+    def replace_online(self, code: str) -> None:
+        """Put ``code`` (a whole ``def run_migrations_online``) in place of the stock one."""
+        env = self.env_py.read_text()
+        start = env.index("def run_migrations_online")
+        end = env.index("\n\nif context.is_offline_mode():")
+        self.env_py.write_text(env[:start] + code.rstrip() + "\n" + env[end:])
+
+    def after_config(self, code: str) -> None:
+        """Insert ``code`` right after ``config = context.config``, where env.py edits go."""
+        env = self.env_py.read_text()
+        anchor = "config = context.config\n"
+        assert anchor in env
+        self.env_py.write_text(env.replace(anchor, anchor + "\n" + code.rstrip() + "\n", 1))
+
+
+#: ``run_migrations_online`` as pytest-alembic's set-up guide has users write it: whatever it
+#: is handed, it calls ``.connect()`` on it (an Engine, in pytest-alembic's own runs).
+PYTEST_ALEMBIC_ONLINE = """
+def run_migrations_online():
+    connectable = context.config.attributes.get("connection", None)
+
+    if connectable is None:
+        connectable = engine_from_config(
+            context.config.get_section(context.config.config_ini_section),
+            prefix="sqlalchemy.",
+            poolclass=pool.NullPool,
+        )
+
+    with connectable.connect() as connection:
+        context.configure(connection=connection, target_metadata=target_metadata)
+
+        with context.begin_transaction():
+            context.run_migrations()
+"""
