@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..conninfo import ServerAddress, describe_connect_error
-from ..errors import DbBranchError, MigrationError, ServerError
+from ..errors import ConfigError, DbBranchError, MigrationError, ServerError
 from ..progress import Progress
 
 
@@ -43,6 +43,8 @@ class AlembicMigrator(Protocol):
     def new_config(self, url: str) -> Any: ...
 
 
+#: SQLAlchemy dialect drivers that only work from an event loop.
+_ASYNC_DRIVERS = ("+asyncpg", "+psycopg_async", "+aiopg", "+asyncmy")
 _RUNNING = re.compile(r"Running (?:upgrade|downgrade) .*?-> ([^\s,]+),?\s*(.*)")
 
 
@@ -84,19 +86,14 @@ def run(
     progress = progress or Progress()
     tracker = _RevisionTracker(progress, order or [], target)
     logger = logging.getLogger("alembic.runtime.migration")
-    with logging_kept(), _url_environment(migrator.url_env, address):
-        old_level = logger.level
-        logger.addHandler(tracker)
-        if logger.getEffectiveLevel() > logging.INFO:
-            logger.setLevel(logging.INFO)
+    with logging_kept(), _url_environment(migrator.url_env, address), _tracked(logger, tracker):
         try:
             _invoke(migrator, address, target, direction, tracker)
         except Exception as exc:
             raise migration_error(migrator, address, target, tracker.current, exc, direction) from None
         finally:
             progress.end()
-            logger.removeHandler(tracker)
-            logger.setLevel(old_level)
+            logger.removeHandler(tracker)  # and logging_kept puts the level back
 
 
 def _invoke(
@@ -107,6 +104,11 @@ def _invoke(
     from sqlalchemy.pool import NullPool
 
     url = address.url(scheme=migrator.url_scheme)
+    if migrator.url_scheme.endswith(_ASYNC_DRIVERS):
+        # An async env.py makes its own async engine from sqlalchemy.url (the branch's, with
+        # the project's async driver); a sync connection handed over would go unused.
+        getattr(command, direction)(migrator.new_config(url), target)
+        return
     engine = create_engine(url, poolclass=NullPool)
     try:
         with engine.begin() as connection:
@@ -142,6 +144,34 @@ def _url_environment(variables: tuple[str, ...], address: ServerAddress) -> Iter
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+@contextlib.contextmanager
+def _tracked(logger: logging.Logger, tracker: logging.Handler) -> Iterator[None]:
+    """Keep ``tracker`` on Alembic's logger for the run, also after env.py's ``fileConfig``
+    (the stock env.py calls it): that resets the handlers of every logger under the ones its
+    ini configures, ours included, and the progress lines and the revision named in an error
+    would go with it."""
+    import logging.config
+
+    original = logging.config.fileConfig
+
+    def attach() -> None:
+        if tracker not in logger.handlers:
+            logger.addHandler(tracker)
+        if logger.getEffectiveLevel() > logging.INFO:
+            logger.setLevel(logging.INFO)
+
+    def file_config(*args: Any, **kwargs: Any) -> None:
+        original(*args, **kwargs)
+        attach()
+
+    attach()
+    logging.config.fileConfig = file_config
+    try:
+        yield
+    finally:
+        logging.config.fileConfig = original
 
 
 @contextlib.contextmanager
@@ -191,6 +221,11 @@ def migration_error(
     direction: str = "upgrade",
 ) -> DbBranchError:
     original = getattr(exc, "orig", None) or exc
+    if "greenlet" in str(original).lower() and type(original).__name__ in ("ValueError", "MissingGreenlet"):
+        return ConfigError(
+            f"Alembic's async env.py needs greenlet to run SQLAlchemy's asyncio support ({original}); "
+            "install 'pytest-dbbranch[async]' (or sqlalchemy[asyncio]): nothing is wrong with the migrations"
+        )
     if _no_connection(original):
         return ServerError(
             f"Alembic could not connect to the branch it migrates ({direction[:-1]}ing to {target!r}); "

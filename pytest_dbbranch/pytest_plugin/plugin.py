@@ -333,11 +333,20 @@ def dbbranch_settings(pytestconfig: pytest.Config, dbbranch_url: str | None) -> 
 
 
 @pytest.fixture(scope="session")
-def dbbranch_manager(pytestconfig: pytest.Config, dbbranch_settings: Settings) -> BranchManager:
-    """The run's branch manager; closed at session finish, after the session's fixtures."""
+def dbbranch_manager(
+    pytestconfig: pytest.Config, dbbranch_settings: Settings, dbbranch_url: str | None
+) -> Iterator[BranchManager]:
+    """The run's branch manager; closed at session finish, after the session's fixtures. With
+    a server from the ``dbbranch_url`` fixture, closed before that fixture stops its server
+    (its pool's last drops and its connections need the server)."""
     state = pytestconfig.stash[STATE]
     state.use_settings(dbbranch_settings)
-    return state.get_manager()
+    manager = state.get_manager()
+    yield manager
+    if dbbranch_url:
+        state.kept_lines.extend(_kept_line(b) for b in manager.kept)
+        manager.kept.clear()
+        manager.close()
 
 
 # The branches, one per scope; every client fixture below is a view of one of them.

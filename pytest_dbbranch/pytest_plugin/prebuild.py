@@ -42,7 +42,9 @@ def template_requests(items: Iterable[pytest.Item]) -> list[dict[str, str]] | No
         if "dbbranch_manager" in getattr(item, "fixturenames", ()):
             found["{}"] = {}  # a migration check: the run's own template
         for name in OVERRIDABLE_FIXTURES:
-            defs = info.name2fixturedefs.get(name)
+            # Branch fixtures look the manager up at run time, so these are not in the item's
+            # closure: ask which definition the item would get.
+            defs = item.session._fixturemanager.getfixturedefs(name, item)
             if defs and getattr(defs[-1].func, "__module__", "") != "pytest_dbbranch.pytest_plugin.plugin":
                 return None
         for defs in info.name2fixturedefs.values():

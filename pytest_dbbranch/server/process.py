@@ -27,6 +27,9 @@ def pid_alive(pid: int) -> bool:
 def port_is_free(port: int) -> bool:
     """Whether nothing listens on ``port`` of the loopback address."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As PostgreSQL binds its own: a port whose last connections wait in TIME_WAIT is
+        # free to listen on, and the server keeps its port across restarts.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
