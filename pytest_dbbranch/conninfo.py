@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 from urllib.parse import quote
 
 from .errors import ConfigError
@@ -156,3 +156,51 @@ def describe_connect_error(address: ServerAddress, dbname: str | None, exc: Exce
             "running server, or unset it to let the plugin start its own"
         )
     return f"cannot connect to PostgreSQL at {target}: {text}\n  -> {hint}"
+
+
+@runtime_checkable
+class AddressSource(Protocol):
+    """Where a server is *now*: for services whose passwords are short-lived tokens (Lakebase
+    OAuth credentials), every new connection asks again instead of reusing a frozen copy."""
+
+    def current(self) -> ServerAddress:
+        """The address with a password valid for a login starting now."""
+
+    def refresh(self) -> bool:
+        """Forget the cached credential after a refused login; False when there is nothing
+        to refresh (a static password), so the refusal is final."""
+
+
+class StaticAddress:
+    """An ``AddressSource`` whose password never changes (a URL, the embedded server)."""
+
+    def __init__(self, address: ServerAddress) -> None:
+        self.address = address
+
+    def current(self) -> ServerAddress:
+        return self.address
+
+    def refresh(self) -> bool:
+        return False
+
+
+def as_source(address: ServerAddress | AddressSource) -> AddressSource:
+    return StaticAddress(address) if isinstance(address, ServerAddress) else address
+
+
+#: SQLSTATEs of a refused login: invalid_password, invalid_authorization_specification.
+LOGIN_REFUSED = frozenset({"28P01", "28000"})
+
+
+def login_refused(exc: BaseException) -> bool:
+    """Whether a failed connect was the server refusing the credential (an expired or rotated
+    token), decided by SQLSTATE: the wording differs between servers and languages."""
+    state = getattr(exc, "sqlstate", None)
+    if state is not None:
+        return state in LOGIN_REFUSED
+    # libpq keeps no SQLSTATE for a failed connection attempt. A connection that failed
+    # after the server asked for the password and got one is most often a refused
+    # credential; when it was something else (a missing database), the one retry with a
+    # fresh credential fails again and reports that.
+    pgconn = getattr(exc, "pgconn", None)
+    return bool(pgconn is not None and getattr(pgconn, "used_password", False))

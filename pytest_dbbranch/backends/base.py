@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from ..conninfo import ServerAddress
+from ..conninfo import ServerAddress, login_refused
 from ..names import run_key
 
 if TYPE_CHECKING:
@@ -227,11 +227,6 @@ def connect(backend: Backend, name: str, **kwargs: Any) -> psycopg.Connection[An
     try:
         return psycopg.connect(backend.address(name).conninfo(), **kwargs)
     except psycopg.OperationalError as exc:
-        if not _login_refused(exc) or not backend.refresh_credentials(name):
+        if not login_refused(exc) or not backend.refresh_credentials(name):
             raise
     return psycopg.connect(backend.address(name).conninfo(), **kwargs)
-
-
-def _login_refused(exc: Exception) -> bool:
-    """libpq gives no SQLSTATE for a failed connection, only the server's text."""
-    return "password authentication failed" in str(exc)

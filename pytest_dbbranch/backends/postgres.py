@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 import psycopg
 from psycopg import sql
 
-from ..conninfo import ServerAddress, describe_connect_error
+from ..conninfo import AddressSource, ServerAddress, as_source, describe_connect_error, login_refused
 from ..errors import (
     BranchExistsError,
     ConfigError,
@@ -45,12 +45,23 @@ FROM pg_database d
 CONNECT_TIMEOUT = 10
 
 
-def connect(address: ServerAddress, dbname: str | None = None, **kwargs: Any) -> psycopg.Connection[Any]:
-    """Connect with an error that says where we tried and what to fix, without the password."""
+def connect(
+    address: ServerAddress | AddressSource, dbname: str | None = None, **kwargs: Any
+) -> psycopg.Connection[Any]:
+    """Connect with an error that says where we tried and what to fix, without the password.
+    A source with rotating credentials gets one retry with a fresh one after a refused login."""
+    source = as_source(address)
+    current = source.current()
     try:
-        return psycopg.connect(address.conninfo(dbname), connect_timeout=CONNECT_TIMEOUT, **kwargs)
+        return psycopg.connect(current.conninfo(dbname), connect_timeout=CONNECT_TIMEOUT, **kwargs)
     except psycopg.OperationalError as exc:
-        raise ServerError(describe_connect_error(address, dbname, exc)) from None
+        if not (login_refused(exc) and source.refresh()):
+            raise ServerError(describe_connect_error(current, dbname, exc)) from None
+    current = source.current()
+    try:
+        return psycopg.connect(current.conninfo(dbname), connect_timeout=CONNECT_TIMEOUT, **kwargs)
+    except psycopg.OperationalError as exc:
+        raise ServerError(describe_connect_error(current, dbname, exc)) from None
 
 
 #: After the admin connection breaks, how long reconnecting may take (a restart, a
@@ -76,7 +87,7 @@ class PostgresBackend:
 
     def __init__(
         self,
-        address: ServerAddress,
+        address: ServerAddress | AddressSource,
         *,
         lock_folder: Path,
         strategy: str = "auto",
@@ -85,7 +96,9 @@ class PostgresBackend:
         timeout: float = DEFAULT_TIMEOUT,
         diagnose: Callable[[], str] | None = None,
     ) -> None:
-        self._address = address
+        #: Asked again for every connection: on Lakebase the password is a token that expires.
+        self._source = as_source(address)
+        address = self._source.current()
         #: Longest wait for one statement, and for another builder's lock.
         self.timeout = timeout
         #: Says why the server may have gone (the embedded server's log tail).
@@ -98,7 +111,7 @@ class PostgresBackend:
         #: Shared session locks this backend holds for its process: the run's liveness and
         #: the templates it forks from. Taken again after a reconnect.
         self._held: set[str] = set()
-        self._conn = connect(address, autocommit=True)
+        self._conn = connect(self._source, autocommit=True)
         self.server_version = self._conn.info.server_version // 10000
         row = self._conn.execute("SELECT current_user").fetchone()
         self.role: str = str(row[0]) if row else (address.user or "")
@@ -121,6 +134,10 @@ class PostgresBackend:
     source_point = ""
 
     @property
+    def _address(self) -> ServerAddress:
+        return self._source.current()
+
+    @property
     def server(self) -> ServerAddress:
         """The maintenance address (password included): for tools that need the server."""
         return self._address
@@ -139,9 +156,21 @@ class PostgresBackend:
             )
         return location
 
+    def can_copy(self, name: str) -> bool:
+        """Whether ``CREATE DATABASE ... TEMPLATE name`` is allowed to this role: PostgreSQL
+        copies a database only for roles with its owner's privileges (superusers included),
+        or any database marked as a template."""
+        with self._mutex:
+            row = self._exec(
+                "SELECT d.datistemplate OR pg_has_role(current_user, d.datdba, 'USAGE')"
+                " FROM pg_database d WHERE d.datname = %s",
+                (name,),
+            ).fetchone()
+        return bool(row and row[0])
+
     def sibling(self) -> PostgresBackend:
         return PostgresBackend(
-            self._address,
+            self._source,
             lock_folder=self.lock_folder,
             strategy=self._wanted_strategy,
             reflink=self.reflink,
@@ -154,7 +183,7 @@ class PostgresBackend:
         raise NotImplementedError("on PostgreSQL a branch is already a database")
 
     def refresh_credentials(self, name: str) -> bool:
-        return False
+        return self._source.refresh()
 
     def address(self, name: str) -> ServerAddress:
         return dataclasses.replace(self._address, dbname=name)
@@ -196,7 +225,7 @@ class PostgresBackend:
         ident = sql.Identifier(name)
         # One plain connection after the migrations rebuilds the relation cache init file,
         # which every fork then inherits: their first connection is 2-4 ms cheaper.
-        with connect(self._address, name) as warm:
+        with connect(self._source, name) as warm:
             warm.execute("SELECT count(*) FROM pg_class").fetchone()
         with self._mutex:
             self._wait_idle(name)
@@ -322,7 +351,7 @@ class PostgresBackend:
         """Session advisory lock on its own connection, so that it dies with the process;
         waiting for it ends after ``timeout`` (a builder that hangs holds nobody for ever)."""
         self._check_lost()
-        conn = connect(self._address, autocommit=True)
+        conn = connect(self._source, autocommit=True)
         try:
             conn.execute(
                 sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{int(self.timeout * 1000)}ms"))
@@ -364,7 +393,7 @@ class PostgresBackend:
         deadline = time.monotonic() + RECONNECT_SECONDS
         while True:
             try:
-                self._conn = connect(self._address, autocommit=True)
+                self._conn = connect(self._source, autocommit=True)
                 break
             except ServerError as exc:
                 if time.monotonic() > deadline:

@@ -11,7 +11,14 @@ import psycopg
 from ..backends import Backend, connect
 from ..errors import DbBranchError, ServerError
 from ..settings import Settings
-from .clients import AsyncSavepointConnection, SavepointConnection, async_engine, require_greenlet, run_async
+from .clients import (
+    AsyncSavepointConnection,
+    SavepointConnection,
+    async_engine,
+    fresh_credentials,
+    require_greenlet,
+    run_async,
+)
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -104,8 +111,11 @@ class Branch:
         if self._engine is None:
             from sqlalchemy import create_engine
 
-            self._engine = create_engine(self.sqlalchemy_url, **kwargs)
+            self._engine = fresh_credentials(create_engine(self.sqlalchemy_url, **kwargs), self._password)
         return self._engine
+
+    def _password(self) -> str | None:
+        return self.backend.address(self.name).password
 
     @property
     def async_connection(self) -> psycopg.AsyncConnection[Any]:
@@ -137,7 +147,9 @@ class Branch:
     def async_engine(self, **kwargs: Any) -> AsyncEngine:
         """A SQLAlchemy ``AsyncEngine`` (psycopg 3 async) bound to this branch."""
         if self._async_engine is None:
-            self._async_engine = async_engine(self.sqlalchemy_url, **kwargs)
+            self._async_engine = fresh_credentials(
+                async_engine(self.sqlalchemy_url, **kwargs), self._password
+            )
         return self._async_engine
 
     def orm_async_session(self, **kwargs: Any) -> AsyncSession:

@@ -33,6 +33,23 @@ ASYNC_EXTRA = (
 )
 
 
+def fresh_credentials(engine: Any, password: Any) -> Any:
+    """Give every connection a SQLAlchemy pool opens the password valid *now*: a URL holds
+    one token, and a pool opens connections long after the URL was made (Lakebase tokens
+    last an hour, and a test suite may last longer). ``password`` is called per connect."""
+    from sqlalchemy import event
+
+    target = getattr(engine, "sync_engine", engine)
+
+    def on_connect(dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> None:
+        current = password()
+        if current is not None:
+            cparams["password"] = current
+
+    event.listen(target, "do_connect", on_connect)
+    return engine
+
+
 def run_async(awaitable: Awaitable[T]) -> T:
     """Run a coroutine to completion on a private loop in a helper thread: fixture setup
     and teardown may happen while another loop runs in this thread."""

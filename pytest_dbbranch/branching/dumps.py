@@ -330,6 +330,28 @@ def restore(path: Path, backend: Backend, dbname: str, where: str) -> None:
             raise
 
 
+def copy_database(backend: Backend, source: str, dbname: str, where: str) -> None:
+    """Copy database ``source`` into ``dbname`` (ours, just forked from an empty parent) with
+    pg_dump, for a role that may read the source but not fork it. The dump goes through the
+    same gate as a dump file, so nothing in it reaches another database."""
+    address = backend.address(source)
+    with tempfile.TemporaryDirectory(prefix="dbbranch-copy-") as folder:
+        target = Path(folder) / f"{source}.dump"
+        with tempfile.TemporaryFile() as errors:
+            done = subprocess.run(
+                [client("pg_dump"), "-Fc", "--no-owner", "--no-acl", "-f", str(target)],
+                stdout=subprocess.DEVNULL,
+                stderr=errors,
+                env=_client_env(address, source),
+                check=False,
+            )
+            if done.returncode != 0:
+                raise SourceError(
+                    f"{where}: pg_dump of database {source!r} failed: {_tail(errors, address)}"
+                )
+        restore(target, backend, dbname, where)
+
+
 def _pump(lines: Iterator[bytes], sink: IO[bytes]) -> None:
     try:
         for line in lines:

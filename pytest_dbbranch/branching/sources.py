@@ -22,7 +22,7 @@ from ..errors import SourceError
 from ..names import short_hash, source_name
 from ..progress import Progress
 from ..settings import Settings
-from .dumps import detect_format, restore
+from .dumps import copy_database, detect_format, restore
 from .sealing import ensure_sealed
 from .stats import Stats
 
@@ -82,7 +82,14 @@ def resolve_parent(
     if source.kind == "empty":
         return backend.empty_parent
     if source.kind == "database":
-        return backend.find_source(source.location, source.where)
+        found = backend.find_source(source.location, source.where)
+        can_copy = getattr(backend, "can_copy", None)
+        if can_copy is None or can_copy(found):
+            return found
+        # PostgreSQL copies a database only for its owner (or a superuser): a CI role that
+        # may read production but does not own it (Lakebase's databricks_postgres) gets a
+        # dumped copy of its own, made once and sealed like a restored dump.
+        return _own_copy(source, found, backend, run_id=run_id, stats=stats, progress=progress)
     if not backend.restores_dumps:
         raise SourceError(
             f"{source.where}: a dump file cannot be the source on {backend.kind}; restore it into "
@@ -96,6 +103,28 @@ def resolve_parent(
         tag=Tag(kind="source", run=run_id, parent="", fingerprint=source.identity),
         parent=lambda: backend.empty_parent,
         build=lambda: _restore(source, backend, name, progress or Progress()),
+        run_id=run_id,
+    )
+    stats.sources_restored += int(built)
+    backend.hold(use_lock(name))
+    return name
+
+
+def _own_copy(
+    source: Source, found: str, backend: Backend, *, run_id: str, stats: Stats, progress: Progress | None
+) -> str:
+    name = source_name(short_hash(f"copy:{source.identity}|{backend.role}|{backend.source_point}", 64))
+
+    def build() -> None:
+        with (progress or Progress()).step(f"copying database {found} (not ours to fork) into {name}"):
+            copy_database(backend, found, name, source.where)
+
+    built = ensure_sealed(
+        backend,
+        name,
+        tag=Tag(kind="source", run=run_id, parent="", fingerprint=source.identity),
+        parent=lambda: backend.empty_parent,
+        build=build,
         run_id=run_id,
     )
     stats.sources_restored += int(built)

@@ -106,3 +106,43 @@ def test_forking_another_roles_tables_is_not_blamed_on_the_migration(
     assert "fix that migration" not in message
     assert SECRET not in message
     assert our_branches(other, "template") == []
+
+
+def test_a_source_the_role_may_read_but_not_fork_is_copied_into_one_of_its_own(
+    roles: list[str], make_manager: MakeManager, alembic_project: AlembicProject
+) -> None:
+    """Lakebase's layout: production (databricks_postgres) belongs to the project owner, the
+    CI role may read it but PostgreSQL refuses it ``CREATE DATABASE ... TEMPLATE`` of it.
+    The plugin dumps it once into a sealed copy the CI role owns, so its migrations may alter
+    the tables; the owner's database is left as it was."""
+    owner, other = roles
+    other_role = ServerAddress.parse(other).user
+    with psycopg.connect(owner, autocommit=True) as conn:
+        conn.execute("CREATE DATABASE owners_production")
+    production = ServerAddress.parse(owner).conninfo("owners_production")
+    with psycopg.connect(production, autocommit=True) as conn:
+        conn.execute(SNAPSHOT)
+        conn.execute(
+            sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA public TO {}").format(sql.Identifier(other_role))
+        )
+    alembic_project.add("r3", "r2", "ALTER TABLE customers ADD COLUMN tier int DEFAULT 1")
+
+    manager = make_manager(url=other, source="db:owners_production")
+    with manager.branch() as branch:
+        row = branch.connection.execute("SELECT count(*), min(tier) FROM customers").fetchone()
+    assert row == (12, 1)
+    assert manager.stats.sources_restored == 1
+    copies = our_branches(other, "source")
+    assert len(copies) == 1
+    # A second run finds the sealed copy and the template: nothing is dumped again.
+    again = make_manager(url=other, source="db:owners_production")
+    again.template()
+    assert (again.stats.sources_restored, again.stats.template_builds) == (0, 0)
+    with psycopg.connect(production) as conn:
+        columns = [
+            r[0]
+            for r in conn.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = 'customers'"
+            ).fetchall()
+        ]
+    assert "tier" not in columns
