@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from . import names
 from .branching.manager import BranchManager
 from .errors import DbBranchError, NotOursError
 from .settings import SPECS, Settings, resolve
@@ -73,8 +74,73 @@ def _print_json(data: Any) -> None:
     sys.stdout.write("\n")
 
 
+def _lakebase_list(manager: BranchManager, args: argparse.Namespace) -> int:
+    """On Lakebase the plugin's branches are the runs', the template branches and the tests'
+    own; the test databases inside a run's branch go with it."""
+    run = manager.lakebase()
+    now = time.time()
+    rows = []
+    for branch in run.api.list_branches():
+        kind = names.generated_kind(branch.id)
+        if kind is None:
+            continue
+        rows.append(
+            {
+                "name": branch.id,
+                "kind": kind,
+                "age_seconds": round(now - (branch.create_time or now), 1),
+                "expires_in_seconds": round(branch.expire_time - now, 1) if branch.expire_time else None,
+                "parent": (branch.source_branch or "").rsplit("/", 1)[-1],
+            }
+        )
+    if args.json:
+        _print_json(rows)
+    elif not rows:
+        print(f"no branches created by pytest-dbbranch in {run.project.name}")
+    else:
+        print(f"{'NAME':<40} {'KIND':<16} {'AGE':>6} {'EXPIRES':>8} PARENT")
+        for row in rows:
+            expires = row["expires_in_seconds"]
+            shown = _age(float(expires)) if expires is not None else "never"
+            print(
+                f"{row['name']:<40} {row['kind']:<16} {_age(float(row['age_seconds'])):>6} {shown:>8} {row['parent']}"
+            )
+    return EXIT_OK
+
+
+def _lakebase_gc(manager: BranchManager, args: argparse.Namespace, older: float | None) -> int:
+    from .branching.lakebase_gc import collect_lakebase, find_lakebase_garbage
+
+    run = manager.lakebase()
+    garbage = find_lakebase_garbage(run, older_than=older)
+    failed = [] if args.dry_run else collect_lakebase(run, garbage)
+    failed_names = {name for name, _ in failed}
+    deleted = [g for g in garbage if g.branch not in failed_names] if not args.dry_run else []
+    if args.json:
+        _print_json(
+            {
+                "dry_run": args.dry_run,
+                "candidates": [{"name": g.branch, "reason": g.reason} for g in garbage],
+                "deleted": [g.branch for g in deleted],
+                "failed": [{"name": name, "error": error} for name, error in failed],
+            }
+        )
+    else:
+        verb = "would delete" if args.dry_run else "deleted"
+        for item in garbage if args.dry_run else deleted:
+            print(f"{verb} {item.branch}  ({item.reason})")
+        for name, error in failed:
+            print(f"could not delete {name}: {error}", file=sys.stderr)
+        if not garbage:
+            print("nothing to delete")
+    return EXIT_ERROR if failed else EXIT_OK
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     manager = _manager(args)
+    if manager.settings.effective_backend == "lakebase":
+        with manager:
+            return _lakebase_list(manager, args)
     try:
         records = manager.backend().list_ours()
     finally:
@@ -199,6 +265,9 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
     older = parse_duration(args.older_than, "--older-than") if args.older_than else None
     manager = _manager(args)
+    if manager.settings.effective_backend == "lakebase":
+        with manager:
+            return _lakebase_gc(manager, args, older)
     try:
         backend = manager.backend()
         garbage = find_garbage(

@@ -95,6 +95,10 @@ def run_key(run_id: str) -> str:
 BRANCH_NAME_RE = re.compile(r"^dbb-(?P<run>[a-z0-9]{1,12})-[a-z0-9]{1,8}-[a-z]-(?:[a-z0-9-]*-)?[0-9a-f]{14}$")
 TEMPLATE_NAME_RE = re.compile(r"^dbbt-[0-9a-f]{10}-[0-9a-f]{20}$")
 SOURCE_NAME_RE = re.compile(r"^dbbs-[0-9a-f]{24}$")
+#: Lakebase: the run's branch, and the branch that holds a fingerprint's sealed templates
+#: (key, then the UTC minute it was forked from the source: a newer copy replaces it).
+RUN_BRANCH_RE = re.compile(r"^dbbr-(?P<run>[a-z0-9]{1,12})-[0-9a-f]{4}$")
+LAKEBASE_TEMPLATE_RE = re.compile(r"^dbbl-(?P<key>[0-9a-f]{12})-(?P<minute>[0-9]{12})-[0-9a-f]{4}$")
 #: Every generated name ends in a short hash of the rest: a database someone named like ours
 #: by hand passes that check once in 65,536 times.
 CHECK_LEN = 4
@@ -114,7 +118,23 @@ def generated_kind(name: str) -> str | None:
         return "template"
     if SOURCE_NAME_RE.fullmatch(name):
         return "source"
+    if RUN_BRANCH_RE.fullmatch(name):
+        return "run"
+    if LAKEBASE_TEMPLATE_RE.fullmatch(name):
+        return "template-branch"
     return None
+
+
+def run_branch_name(run_id: str) -> str:
+    """The Lakebase branch of a run: every process of the run computes it from the run id."""
+    return validate(_checked(f"dbbr-{run_key(run_id)}-"))
+
+
+def lakebase_template_name(key: str, forked_at: float) -> str:
+    """A Lakebase branch of sealed templates for ``key``, forked from the source at
+    ``forked_at`` (UTC minute, so the newest copy sorts last)."""
+    minute = time.strftime("%Y%m%d%H%M", time.gmtime(forked_at))
+    return validate(_checked(f"dbbl-{key[:12]}-{minute}-"))
 
 
 def run_of(name: str) -> str | None:
@@ -143,4 +163,6 @@ def validate(name: str) -> str:
 
 def is_ours(name: str) -> bool:
     """Cheap pre-filter by prefix; the tag on the database is what actually decides."""
-    return name.startswith((f"{BRANCH_PREFIX}-", f"{TEMPLATE_PREFIX}-", f"{SOURCE_PREFIX}-"))
+    return name.startswith(
+        (f"{BRANCH_PREFIX}-", f"{TEMPLATE_PREFIX}-", f"{SOURCE_PREFIX}-", "dbbr-", "dbbl-")
+    )

@@ -26,7 +26,7 @@ from .errors import ConfigError
 
 KeepPolicy = Literal["never", "failed", "always"]
 Strategy = Literal["auto", "file_copy", "wal_log", "clone"]
-Isolation = Literal["branch", "clone", "rollback"]
+Isolation = Literal["branch", "clone", "rollback", "lakebase_branch"]
 BackendName = Literal["auto", "postgres", "lakebase"]
 DiffFormat = Literal["markdown", "json"]
 CheckData = Literal["hash", "count", "off"]
@@ -209,10 +209,12 @@ class Settings:
     )
     isolation: Isolation = setting(
         "branch",
-        "How a function-scope test is isolated: branch (its own branch of the template), clone "
-        "(CREATE DATABASE inside a per-worker branch; fast on Lakebase) or rollback (a "
-        "transaction rolled back at teardown). A marker or branch_fixture(isolation=...) sets "
-        "it for the scope of the fixture it applies to.",
+        "How a function-scope test is isolated: branch (its own copy of the template; on "
+        "Lakebase a database inside the run's branch), clone (the same, kept for older "
+        "configurations), rollback (a transaction rolled back at teardown) or lakebase_branch "
+        "(on Lakebase only: a Lakebase branch of its own, with its own compute and a short "
+        "TTL). A marker or branch_fixture(isolation=...) sets it for the scope of the fixture "
+        "it applies to.",
         overridable=True,
     )
     module_isolation: Isolation = setting("branch", "The same choice for module-scope branches.")
@@ -273,20 +275,27 @@ class Settings:
     lakebase_source_time: str | None = setting(
         None, "Branch the source at this point in time (RFC 3339), instead of its current state."
     )
-    lakebase_ttl: int = setting(
+    lakebase_run_ttl: int = setting(
         3600,
-        "TTL of test branches, so a crashed run's branches expire on their own (default 1h).",
+        "TTL of the run's Lakebase branch, extended by a heartbeat while the run lives, so a "
+        "cancelled job's branch expires this long after its last beat (default 1h).",
         parse_duration,
     )
-    lakebase_template_ttl: int = setting(
+    lakebase_ttl: int = setting(
+        900,
+        "TTL of a test's own Lakebase branch (isolation lakebase_branch) (default 15m).",
+        parse_duration,
+    )
+    lakebase_template_max_age: int = setting(
         7 * 86400,
-        "TTL of migrated template branches, reused across runs until then (default 7d).",
+        "How old a Lakebase copy of the source with its migrated templates may be before a run "
+        "makes a fresh one from the moving source (default 7d).",
         parse_duration,
     )
-    lakebase_budget: int = setting(
-        6,
-        "Most Lakebase branches this machine's workers hold at once (default 6; projects allow "
-        "about 10 unarchived branches).",
+    lakebase_limit: int = setting(
+        10,
+        "Unarchived branches the Lakebase project allows (default 10): a test's own branch "
+        "waits for room instead of being refused.",
         _count,
     )
     lakebase_port: int = setting(

@@ -14,6 +14,7 @@ from .base import Backend, BranchRecord, Tag, build_lock, connect, run_lock, use
 
 if TYPE_CHECKING:
     from ..server.embedded import EmbeddedServer
+    from .lakebase import LakebaseConfig
 
 __all__ = [
     "Backend",
@@ -22,6 +23,7 @@ __all__ = [
     "backend_key",
     "build_lock",
     "connect",
+    "lakebase_config",
     "open_backend",
     "run_lock",
     "use_lock",
@@ -43,22 +45,10 @@ def open_backend(
     """A backend for these settings. ``embedded`` leases the plugin's own server, called only
     when PostgreSQL is wanted and no URL is given; ``lock_root`` holds lock files shared by
     the processes of this machine."""
-    kind = settings.effective_backend
-    if kind == "lakebase":
-        from .lakebase import LakebaseBackend, LakebaseConfig
-
-        config = LakebaseConfig(
-            project=settings.lakebase_project or "",
-            profile=settings.lakebase_profile,
-            ttl=settings.lakebase_ttl,
-            template_ttl=settings.lakebase_template_ttl,
-            source_time=settings.lakebase_source_time,
-            budget=settings.lakebase_budget,
-            port=settings.lakebase_port,
-            sslmode=settings.lakebase_sslmode,
-            database=settings.lakebase_database,
+    if settings.effective_backend == "lakebase":
+        raise ValueError(
+            "a Lakebase run's backend is the PostgreSQL backend inside its branch: see LakebaseRun"
         )
-        return LakebaseBackend(config, lock_root=lock_root)
 
     from .postgres import PostgresBackend
 
@@ -82,6 +72,24 @@ def open_backend(
         server_key=f"embedded:{server.home}",
         timeout=settings.timeout,
         diagnose=server.log_tail,
+    )
+
+
+def lakebase_config(settings: Settings) -> LakebaseConfig:
+    from .lakebase import LakebaseConfig
+
+    return LakebaseConfig(
+        project=settings.lakebase_project or "",
+        profile=settings.lakebase_profile,
+        port=settings.lakebase_port,
+        sslmode=settings.lakebase_sslmode,
+        database=settings.lakebase_database,
+        run_ttl=settings.lakebase_run_ttl,
+        test_ttl=settings.lakebase_ttl,
+        template_max_age=settings.lakebase_template_max_age,
+        source_time=settings.lakebase_source_time,
+        limit=settings.lakebase_limit,
+        timeout=settings.timeout,
     )
 
 

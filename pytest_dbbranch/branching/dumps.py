@@ -346,9 +346,7 @@ def copy_database(backend: Backend, source: str, dbname: str, where: str) -> Non
                 check=False,
             )
             if done.returncode != 0:
-                raise SourceError(
-                    f"{where}: pg_dump of database {source!r} failed: {_tail(errors, address)}"
-                )
+                raise SourceError(f"{where}: pg_dump of database {source!r} failed: {_tail(errors, address)}")
         restore(target, backend, dbname, where)
 
 

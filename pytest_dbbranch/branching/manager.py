@@ -39,6 +39,7 @@ from .cleanup import (
     stale_templates,
 )
 from .clients import SavepointConnection
+from .lakebase_run import LakebaseRun, inner_settings
 from .pool import WarmPool
 from .stats import Stats
 from .templates import TemplatePlan, ensure_template
@@ -82,6 +83,13 @@ class BranchManager:
         self._templates: dict[tuple[Any, ...], TemplatePlan] = {}
         self._failures: dict[tuple[Any, ...], DbBranchError] = {}
         self.kept: list[Branch] = []
+        #: The xdist controller, or pytest without xdist: it makes (and deletes) the run's
+        #: Lakebase branch; workers attach to it.
+        self.owns_run = worker_id in (None, "master")
+        self._lakebase: LakebaseRun | None = None
+        #: Settings of every template the run will fork, when known before the first one is
+        #: asked for (the prebuild): a Lakebase template branch holds them all.
+        self._wanted: list[Settings] = []
         #: Things a user should know about this run (where the embedded server's data went).
         self.notes: list[str] = []
 
@@ -110,9 +118,12 @@ class BranchManager:
                 if key in self._backend_failures:
                     raise self._backend_failures[key]
                 try:
-                    backend = open_backend(
-                        settings, lock_root=self._lock_root(), embedded=self._lease_embedded
-                    )
+                    if settings.effective_backend == "lakebase":
+                        backend = self._lakebase_backend(settings)
+                    else:
+                        backend = open_backend(
+                            settings, lock_root=self._lock_root(), embedded=self._lease_embedded
+                        )
                 except DbBranchError as exc:
                     self._backend_failures[key] = exc
                     raise
@@ -122,6 +133,52 @@ class BranchManager:
                 if self.reap_on_start and backend.cheap_listing:
                     self.reap(backend)
             return backend
+
+    def want(self, variants: list[Settings]) -> None:
+        """Say which templates the run will fork before asking for the first: on Lakebase they
+        are all built in one template branch, so a run needs one Lakebase branch."""
+        self._wanted = list(variants)
+
+    def lakebase(self, settings: Settings | None = None) -> LakebaseRun:
+        """The run's Lakebase branch (not made yet: see ``backend``)."""
+        settings = settings or self.settings
+        with self._mutex:
+            if self._lakebase is None:
+                from ..backends import lakebase_config
+                from ..backends.lakebase import LakebaseProject
+
+                project = LakebaseProject(lakebase_config(settings))
+                self._lakebase = LakebaseRun(
+                    project,
+                    run_id=self.run_id,
+                    owns=self.owns_run,
+                    lock_folder=self._lock_root() / names.short_hash(project.server_key, 10),
+                    stats=self.stats,
+                    progress=self.progress,
+                )
+            return self._lakebase
+
+    def _lakebase_backend(self, settings: Settings) -> Backend:
+        """On Lakebase the branches of tests are databases inside the run's branch."""
+        run = self.lakebase(settings)
+        if self.owns_run:
+            wanted = [v for v in self._wanted if v.effective_backend == "lakebase"] or [settings]
+            run.start(wanted, self._build_templates)
+        else:
+            run.attach()
+        return run.backend(settings.strategy)
+
+    def _build_templates(self, backend: Backend, variants: list[Settings]) -> None:
+        for settings in variants:
+            plan = TemplatePlan(settings, backend)
+            backend.hold(use_lock(plan.name))
+            ensure_template(plan, backend, run_id=self.run_id, stats=self.stats, progress=self.progress)
+
+    def _for_plan(self, settings: Settings) -> Settings:
+        """Inside a Lakebase branch the source is a database of the branch (or a dump)."""
+        if settings.effective_backend != "lakebase":
+            return settings
+        return inner_settings(settings, settings.lakebase_database)
 
     def reap(self, backend: Backend) -> None:
         """Drop branches whose run died (``kill -9``, a lost CI runner, a cancelled job), and
@@ -192,7 +249,7 @@ class BranchManager:
                 raise self._failures[key]
             try:
                 backend = self.backend(settings)
-                plan = TemplatePlan(settings, backend)
+                plan = TemplatePlan(self._for_plan(settings), backend)
                 # Before looking: from now on no other run drops it while this one may fork.
                 backend.hold(use_lock(plan.name))
                 ensure_template(plan, backend, run_id=self.run_id, stats=self.stats, progress=self.progress)
@@ -248,6 +305,8 @@ class BranchManager:
         backend = self.backend(settings)
         isolation = settings.isolation_for(scope)
         name = names.branch_name(self.run_id, self.worker_id, scope, node_id, fixture_name)
+        if isolation == "lakebase_branch":
+            return self._lakebase_branch(settings, plan, name)
         if isolation == "rollback":
             parent, parent_backend = self._worker_branch(settings, plan.name, backend, clone=False)
             rollback = RollbackBranch(
@@ -287,6 +346,18 @@ class BranchManager:
         branch = Branch(name, target, settings, settings.revision, upgrader=self._upgrade)
         branch.pool = pool
         return branch
+
+    def _lakebase_branch(self, settings: Settings, plan: TemplatePlan, name: str) -> Branch:
+        if settings.effective_backend != "lakebase":
+            raise ConfigError(
+                "isolation lakebase_branch needs the Lakebase backend (set dbbranch_lakebase_project)"
+            )
+        own: Any = self.lakebase(settings).test_branches(plan.name)
+        tag = Tag(kind="branch", run=self.run_id, parent=plan.name, fingerprint=plan.fingerprint)
+        with self.stats.timed("fork_seconds"):
+            own.fork(name, self.lakebase(settings).name, tag)
+        self.stats.increment("branches_created")
+        return Branch(name, own, settings, settings.revision, upgrader=self._upgrade)
 
     def _pool(self, settings: Settings, plan: TemplatePlan, backend: Backend) -> WarmPool | None:
         """The worker's warm pool for the template, where the backend affords one (Lakebase
@@ -424,6 +495,12 @@ class BranchManager:
                 except Exception as exc:
                     log.warning("pytest-dbbranch: closing the %s backend failed: %s", backend.kind, exc)
             self._backends.clear()
+            if self._lakebase is not None:
+                try:
+                    self._lakebase.finish()
+                except Exception as exc:
+                    log.warning("pytest-dbbranch: could not delete the run's Lakebase branch: %s", exc)
+                self._lakebase = None
             if self._embedded is not None:
                 self._embedded.release(self._registration)
                 self._embedded = None

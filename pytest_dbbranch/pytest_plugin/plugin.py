@@ -89,6 +89,10 @@ class _XdistHooks:
         self.prepared = True
         state = self.config.stash[STATE]
         requests = read_request(state.run_id, node.gateway.id)
+        if requests is None and state.settings.effective_backend == "lakebase":
+            # Settings computed by a conftest fixture: still, the run's Lakebase branch must
+            # exist before the workers attach to it.
+            requests = [{}]
         if requests:
             _prepare(self.config, state, requests)
 
@@ -155,7 +159,9 @@ def _prepare(config: pytest.Config, state: RunState, requests: list[dict[str, st
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     manager = state.get_manager()
     manager.progress = Progress(_terminal_writer(reporter)) if reporter is not None else manager.progress
-    for settings in variants(state.settings, requests):
+    wanted = variants(state.settings, requests)
+    manager.want(wanted)
+    for settings in wanted:
         try:
             manager.plan(settings)
         except DbBranchError as exc:

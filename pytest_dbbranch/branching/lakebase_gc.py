@@ -1,0 +1,107 @@
+"""What a Lakebase project holds of ours that no run needs any more.
+
+A cancelled CI job (SIGKILL after the grace period, a lost runner) cannot delete its run's
+branch, and every branch holds one of the project's few branch slots. ``dbbranch gc`` at the
+start of a job removes what is provably dead, whatever machine made it:
+
+- a run's branch whose run lock nobody holds (every process of a live run holds it in that
+  branch, so it is free only when they are all gone);
+- a test's own branch (isolation lakebase_branch) whose run's branch is gone or dead;
+- a template branch with no children that was never finished by a live builder, or that a
+  newer ready one replaced, or that is older than ``lakebase_template_max_age``.
+
+Names are checked first (ours carry a checksum), then marks, then liveness.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+from .. import names
+from ..backends import build_lock
+from ..backends.lakebase import LakebaseMark
+from ..errors import DbBranchError
+from .lakebase_run import MARK_GRACE, LakebaseRun
+
+
+@dataclass(frozen=True)
+class LakebaseGarbage:
+    branch: str
+    reason: str
+
+
+def find_lakebase_garbage(run: LakebaseRun, *, older_than: float | None = None) -> list[LakebaseGarbage]:
+    """Our branches of the project that can go (``run`` is only a handle on the project:
+    its own branch, if any, is alive and left alone)."""
+    api = run.api
+    now = time.time()
+    branches = api.list_branches()
+    present = {b.id for b in branches}
+    children: dict[str, int] = defaultdict(int)
+    for branch in branches:
+        if branch.source_branch:
+            children[branch.source_branch.rsplit("/", 1)[-1]] += 1
+    alive: dict[str, bool] = {}
+
+    def run_alive(branch_id: str) -> bool:
+        if branch_id not in alive:
+            match = names.RUN_BRANCH_RE.fullmatch(branch_id)
+            key = "run:" + match.group("run") if match else ""
+            alive[branch_id] = branch_id in present and _held(run, branch_id, key)
+        return alive[branch_id]
+
+    garbage: list[LakebaseGarbage] = []
+    ready_by_key: dict[str, list[str]] = defaultdict(list)
+    for branch in sorted(branches, key=lambda b: b.id):
+        kind = names.generated_kind(branch.id)
+        age = now - (branch.create_time or now)
+        if kind is None or branch.id == run.name or age < MARK_GRACE:
+            continue
+        if kind == "run":
+            if not run_alive(branch.id):
+                garbage.append(LakebaseGarbage(branch.id, "its run ended: no process holds its run lock"))
+        elif kind == "branch":
+            parent = (branch.source_branch or "").rsplit("/", 1)[-1]
+            if not parent or not run_alive(parent):
+                garbage.append(LakebaseGarbage(branch.id, "a test's branch whose run ended"))
+        elif kind == "template-branch":
+            if children[branch.id]:
+                continue
+            mark = _mark(run, branch.id)
+            if mark is None or not mark.ready:
+                if not _held(run, branch.id, build_lock(branch.id)):
+                    garbage.append(LakebaseGarbage(branch.id, "an unfinished build whose builder is gone"))
+                continue
+            if age > run.config.template_max_age:
+                garbage.append(LakebaseGarbage(branch.id, "older than dbbranch_lakebase_template_max_age"))
+            elif older_than is not None and age > older_than:
+                garbage.append(LakebaseGarbage(branch.id, f"older than {older_than:.0f}s"))
+            else:
+                ready_by_key[mark.key].append(branch.id)
+    for ids in ready_by_key.values():
+        # Names sort by the minute they copied the source: all but the newest are replaced.
+        garbage += [LakebaseGarbage(old, f"replaced by {ids[-1]}") for old in ids[:-1]]
+    return garbage
+
+
+def collect_lakebase(run: LakebaseRun, garbage: list[LakebaseGarbage]) -> list[tuple[str, str]]:
+    """Delete (purged); returns the failures as (branch, error)."""
+    failed = []
+    for item in garbage:
+        try:
+            run.api.delete_branch(item.branch)
+        except DbBranchError as exc:
+            failed.append((item.branch, str(exc)))
+    return failed
+
+
+def _held(run: LakebaseRun, branch: str, key: str) -> bool:
+    """Whether a live process holds ``key`` in ``branch``; a branch we cannot reach counts as
+    held (deleting what may be in use is the one mistake gc must not make)."""
+    return run.held(branch, key, unreachable=True)
+
+
+def _mark(run: LakebaseRun, branch: str) -> LakebaseMark | None:
+    return run.mark_of(branch)
