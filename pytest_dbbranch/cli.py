@@ -102,9 +102,8 @@ def _lakebase_list(manager: BranchManager, args: argparse.Namespace) -> int:
         for row in rows:
             expires = row["expires_in_seconds"]
             shown = _age(float(expires)) if expires is not None else "never"
-            print(
-                f"{row['name']:<40} {row['kind']:<16} {_age(float(row['age_seconds'])):>6} {shown:>8} {row['parent']}"
-            )
+            age = _age(float(row["age_seconds"]))
+            print(f"{row['name']:<40} {row['kind']:<16} {age:>6} {shown:>8} {row['parent']}")
     return EXIT_OK
 
 
