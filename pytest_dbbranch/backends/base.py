@@ -115,9 +115,6 @@ class Backend(Protocol):
     has_global_lock: bool
     #: Branches are cheap enough to fork ahead of the tests and hand out by ``rename``.
     warm_pool: bool
-    #: A branch is a server of its own (Lakebase): the ``clone`` isolation copies databases
-    #: inside one branch per worker instead of making a branch per test.
-    branches_are_servers: bool
     #: Dump files can be restored into a branch of an empty parent.
     restores_dumps: bool
     #: Listing our branches is cheap, so the reaper may look at every run's at session start.
@@ -171,10 +168,6 @@ class Backend(Protocol):
     def refresh_credentials(self, name: str) -> bool:
         """Forget the credential of ``name`` after a refused login; False where credentials
         never rotate (then a refused login is final)."""
-
-    def nested(self, name: str) -> tuple[Backend, str]:
-        """For ``branches_are_servers``: a backend whose branches are databases inside
-        branch ``name``, and the database there to copy."""
 
     def sibling(self) -> Backend:
         """Another backend on the same server with its own connection, for a background

@@ -33,7 +33,7 @@ from ..errors import (
     SourceError,
 )
 from ..names import generated_kind
-from .base import Backend, BranchRecord, Tag
+from .base import BranchRecord, Tag
 
 _DESCRIBE = """
 SELECT d.datname, shobj_description(d.oid, 'pg_database'), d.datistemplate, d.datallowconn
@@ -127,7 +127,6 @@ class PostgresBackend:
     has_global_lock = True
     knows_liveness = True
     warm_pool = True
-    branches_are_servers = False
     restores_dumps = True
     cheap_listing = True
     empty_parent = "template0"
@@ -178,9 +177,6 @@ class PostgresBackend:
             timeout=self.timeout,
             diagnose=self._diagnose,
         )
-
-    def nested(self, name: str) -> tuple[Backend, str]:
-        raise NotImplementedError("on PostgreSQL a branch is already a database")
 
     def refresh_credentials(self, name: str) -> bool:
         return self._source.refresh()

@@ -74,9 +74,9 @@ class BranchManager:
         self._mutex = threading.RLock()
         self._backends: dict[tuple[str, str | None], Backend] = {}
         self._backend_failures: dict[tuple[str, str | None], DbBranchError] = {}
-        #: Per-worker branches that the clone and rollback isolation modes work inside.
+        #: Per-worker branches that the rollback isolation mode works inside.
         self._worker_branches: dict[str, tuple[str, Backend]] = {}
-        self._worker_branch_owners: list[tuple[str, Backend, Backend | None]] = []
+        self._worker_branch_owners: list[tuple[str, Backend]] = []
         self._pools: dict[str, WarmPool] = {}
         self._shared_connections: dict[str, SavepointConnection] = {}
         self._embedded: EmbeddedServer | None = None
@@ -308,7 +308,7 @@ class BranchManager:
         if isolation == "lakebase_branch":
             return self._lakebase_branch(settings, plan, name)
         if isolation == "rollback":
-            parent, parent_backend = self._worker_branch(settings, plan.name, backend, clone=False)
+            parent, parent_backend = self._worker_branch(plan.name, backend)
             rollback = RollbackBranch(
                 parent, parent_backend, settings, settings.revision, upgrader=self._upgrade
             )
@@ -325,10 +325,6 @@ class BranchManager:
                 branch.pool = pool
                 return branch
         parent, target = plan.name, backend
-        if isolation == "clone" and backend.branches_are_servers:
-            # Where a branch is a database, it already is a clone; elsewhere clone inside a
-            # worker's branch.
-            parent, target = self._worker_branch(settings, plan.name, backend, clone=True)
         tag = Tag(kind="branch", run=self.run_id, parent=parent, fingerprint=plan.fingerprint)
         try:
             with self.stats.timed("fork_seconds"):
@@ -380,16 +376,10 @@ class BranchManager:
                 self._pools[plan.name] = pool
             return pool
 
-    def _worker_branch(
-        self, settings: Settings, template: str, backend: Backend, *, clone: bool
-    ) -> tuple[str, Backend]:
-        """This worker's own branch of the template, created once and dropped at close.
-
-        For ``clone`` it returns the database to copy and a backend inside the worker's
-        branch; nobody else connects to that database, so copying it never meets SQLSTATE
-        55006.
-        """
-        key = f"{template}:{'clone' if clone else 'rollback'}"
+    def _worker_branch(self, template: str, backend: Backend) -> tuple[str, Backend]:
+        """This worker's own branch of the template for rollback isolation, created once and
+        dropped at close."""
+        key = f"{template}:rollback"
         with self._mutex:
             if key in self._worker_branches:
                 return self._worker_branches[key]
@@ -398,14 +388,9 @@ class BranchManager:
             with self.stats.timed("fork_seconds"):
                 backend.fork(name, template, tag)
             self.stats.increment("branches_created")
-            inner: Backend | None = None
-            if clone:
-                inner, database = backend.nested(name)
-                found: tuple[str, Backend] = (database, inner)
-            else:
-                found = (name, backend)
+            found = (name, backend)
             self._worker_branches[key] = found
-            self._worker_branch_owners.append((name, backend, inner))
+            self._worker_branch_owners.append((name, backend))
             return found
 
     def release(self, branch: Branch) -> bool:
@@ -478,10 +463,8 @@ class BranchManager:
                 with contextlib.suppress(psycopg.Error):
                     conn.close()
             self._shared_connections.clear()
-            for name, backend, inner in reversed(self._worker_branch_owners):
+            for name, backend in reversed(self._worker_branch_owners):
                 try:
-                    if inner is not None:
-                        inner.close()
                     with self.stats.timed("drop_seconds"):
                         backend.drop(name)
                     self.stats.increment("branches_dropped")

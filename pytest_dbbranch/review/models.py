@@ -10,15 +10,12 @@ not reported as drift.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import sql
 
-from ..conninfo import ServerAddress
 from ..errors import CheckFailed, ConfigError
 from ..migrations.custom import import_object
 from ..settings import Settings
@@ -58,8 +55,7 @@ def compare_models(manager: BranchManager, settings: Settings, plan: TemplatePla
     ):
         migrated = read_schema(conn)
     with (
-        manager.scratch(backend.empty_parent, "models-blank", settings) as scratch,
-        _blank(scratch, inside=backend.branches_are_servers) as address,
+        manager.scratch(backend.empty_parent, "models-blank", settings) as address,
     ):
         _prepare_blank(address.conninfo(), migrated)
         _create_all(address.sqlalchemy_url(), metadata, settings)
@@ -93,24 +89,6 @@ def compare_models(manager: BranchManager, settings: Settings, plan: TemplatePla
         + hint
         + "\n-> add a migration (alembic revision --autogenerate) or fix the models"
     )
-
-
-@contextlib.contextmanager
-def _blank(scratch: ServerAddress, *, inside: bool) -> Iterator[ServerAddress]:
-    """An empty database: the scratch copy of the empty parent where that is ``template0``;
-    where a branch is a whole server whose empty parent holds data (Lakebase's default
-    branch), a new database created inside it."""
-    if not inside:
-        yield scratch
-        return
-    name = "dbbranch_models_blank"
-    with psycopg.connect(scratch.conninfo(), autocommit=True, connect_timeout=10) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield dataclasses.replace(scratch, dbname=name)
-    finally:
-        with psycopg.connect(scratch.conninfo(), autocommit=True, connect_timeout=10) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 def _prepare_blank(conninfo: str, migrated: Schema) -> None:

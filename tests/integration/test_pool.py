@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import threading
-from pathlib import Path
-
 import psycopg
-import pytest
 
 from pytest_dbbranch.backends import Backend, Tag
-from pytest_dbbranch.backends.budget import BranchBudget
 from pytest_dbbranch.branching.pool import WarmPool
 from pytest_dbbranch.branching.stats import Stats
-from pytest_dbbranch.errors import DbBranchError, ServerError
+from pytest_dbbranch.errors import ServerError
 from pytest_dbbranch.settings import Settings
 from tests.helpers import databases, our_branches
 from tests.integration.support import MakeManager, wait_for
@@ -132,43 +127,3 @@ def test_no_pool_when_its_size_is_zero(make_manager: MakeManager) -> None:
         pass
     assert manager.stats.pool_hits + manager.stats.pool_misses == 0
     assert (manager.stats.branches_created, manager.stats.branches_dropped) == (1, 1)
-
-
-def test_budget_holds_at_most_its_slots_across_instances(tmp_path: Path) -> None:
-    """Budgets of several processes on one folder share its slots; a released slot is free
-    again, and an acquirer waiting for one gets it."""
-    first = BranchBudget(tmp_path, 2, wait_timeout=0.2)
-    second = BranchBudget(tmp_path, 2, wait_timeout=0.2)
-
-    def assert_full() -> None:
-        probe = BranchBudget(tmp_path, 2, wait_timeout=0.1)
-        with pytest.raises(DbBranchError, match="one of 2 branch slots"):
-            probe.acquire("probe")
-
-    first.acquire("one")
-    second.acquire("two")
-    assert_full()
-
-    first.release("one")
-    second.acquire("three")
-    assert_full()
-
-    patient = BranchBudget(tmp_path, 2, wait_timeout=30)
-    waiter = threading.Thread(target=patient.acquire, args=("four",))
-    waiter.start()
-    second.release("two")
-    waiter.join(timeout=30)
-    assert not waiter.is_alive()
-    assert_full()
-
-    second.release_all()
-    patient.release_all()
-    for owner in ("a", "b"):
-        first.acquire(owner)
-    first.release_all()
-
-
-def test_budget_below_one_is_refused(tmp_path: Path) -> None:
-    """A budget of no branch would wait forever: refused, naming the setting."""
-    with pytest.raises(DbBranchError, match="must be at least 1 \\(dbbranch_lakebase_budget\\)"):
-        BranchBudget(tmp_path, 0)

@@ -34,7 +34,13 @@ ONLY: dict[str, set[str]] = {
     "schema": set(),
 }
 #: Backends take explicit arguments; only ``open_backend`` reads the plugin's settings.
-NO_SETTINGS = {"backends.base", "backends.postgres", "backends.lakebase", "backends.budget"}
+NO_SETTINGS = {
+    "backends.base",
+    "backends.postgres",
+    "backends.lakebase",
+    "backends.lakebase_api",
+    "backends.lakebase_errors",
+}
 
 
 def module_name(path: Path) -> str:

@@ -340,7 +340,7 @@ def test_numbers_durations_and_ports_are_checked(tmp_path: Path) -> None:
             ("1.5h", 5400),
         ],
         "lakebase_port": [("1", 1), ("65535", 65535)],
-        "lakebase_budget": [("1", 1), (" 12 ", 12)],
+        "lakebase_limit": [("1", 1), (" 12 ", 12)],
         "pool_size": [("0", 0), ("auto", None), ("AUTO", None), ("3", 3), ("16", 16)],
         "timeout": [("2", 2), ("90s", 90), ("10m", 600), ("1h", 3600)],
     }
@@ -350,7 +350,7 @@ def test_numbers_durations_and_ports_are_checked(tmp_path: Path) -> None:
     bad = {
         "lakebase_ttl": ["soon", "0", "-5m", "h"],
         "lakebase_port": ["0", "65536", "http", "5432.0"],
-        "lakebase_budget": ["0", "many", "-1"],
+        "lakebase_limit": ["0", "many", "-1"],
         "pool_size": ["-1", "some", "17", "100000"],
         "timeout": ["0", "never", "-1m"],
     }
@@ -445,12 +445,12 @@ def test_settings_built_directly_checks_values_like_every_other_level(tmp_path: 
         ("lakebase_ttl", "soon"),
         ("lakebase_ttl", 0),
         ("lakebase_ttl", "2h"),
-        ("lakebase_template_ttl", "-1d"),
+        ("lakebase_template_max_age", "-1d"),
         ("lakebase_port", 0),
         ("lakebase_port", 70000),
         ("lakebase_port", "5433"),
-        ("lakebase_budget", 0),
-        ("lakebase_budget", "4"),
+        ("lakebase_limit", 0),
+        ("lakebase_limit", "4"),
         ("pool_size", -1),
         ("pool_size", "auto"),
         ("pool_size", 3),
