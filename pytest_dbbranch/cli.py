@@ -334,6 +334,27 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return EXIT_NOTHING if args.fail_on_breaking and diff.breaking else EXIT_OK
 
 
+def cmd_lakebase_doctor(args: argparse.Namespace) -> int:
+    """Check, on a real workspace, every assumption the plugin makes about Lakebase."""
+    from .backends import lakebase_config
+    from .backends.lakebase import LakebaseProject
+    from .backends.lakebase_doctor import run_doctor
+
+    settings = settings_from(args)
+    if not settings.lakebase_project:
+        print("dbbranch: set the project: --lakebase-project or DBBRANCH_LAKEBASE_PROJECT", file=sys.stderr)
+        return EXIT_ERROR
+    project = LakebaseProject(lakebase_config(settings))
+    source = settings.source if settings.source and settings.source.lower() not in ("empty", "none") else None
+    schema = Path(args.schema).read_text() if args.schema else None
+    return run_doctor(
+        project.api,
+        source_branch=project.full(source.removeprefix("db:")) if source else project.default_branch,
+        out=sys.stdout,
+        schema_sql=schema,
+    )
+
+
 def cmd_emulator(args: argparse.Namespace) -> int:
     """Hand the remaining arguments to the emulator's own parser (``--help`` included)."""
     from .emulator import main as emulator_main
@@ -412,6 +433,17 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("--output", help="write to this file instead of standard output")
     diff.add_argument("--fail-on-breaking", action="store_true", help="exit 1 when a change is breaking")
     diff.set_defaults(func=cmd_diff)
+
+    lakebase = sub.add_parser("lakebase", help="Lakebase tools")
+    lakebase_sub = lakebase.add_subparsers(dest="lakebase_command", required=True, metavar="TOOL")
+    doctor = lakebase_sub.add_parser(
+        "doctor",
+        parents=[common],
+        help="check the service behaves as the plugin assumes; print a pass/fail table; clean up",
+    )
+    doctor.add_argument("--source", help="source branch (default: the project's default branch)")
+    doctor.add_argument("--schema", help="an SQL file to time CREATE DATABASE with your schema")
+    doctor.set_defaults(func=cmd_lakebase_doctor)
 
     emulator = sub.add_parser(
         "emulator", add_help=False, help="serve a local Lakebase emulator (REST API + PostgreSQL proxy)"

@@ -6,7 +6,8 @@ start of a job removes what is provably dead, whatever machine made it:
 
 - a run's branch whose run lock nobody holds (every process of a live run holds it in that
   branch, so it is free only when they are all gone);
-- a test's own branch (isolation lakebase_branch) whose run's branch is gone or dead;
+- a test's own branch (isolation lakebase_branch) whose run's branch is gone or dead (its
+  name carries the run);
 - a template branch with no children that was never finished by a live builder, or that a
   newer ready one replaced, or that is older than ``lakebase_template_max_age``.
 
@@ -44,6 +45,7 @@ def find_lakebase_garbage(run: LakebaseRun, *, older_than: float | None = None) 
         if branch.source_branch:
             children[branch.source_branch.rsplit("/", 1)[-1]] += 1
     alive: dict[str, bool] = {}
+    run_branches = [b.id for b in branches if names.generated_kind(b.id) == "run"]
 
     def run_alive(branch_id: str) -> bool:
         if branch_id not in alive:
@@ -63,8 +65,10 @@ def find_lakebase_garbage(run: LakebaseRun, *, older_than: float | None = None) 
             if not run_alive(branch.id):
                 garbage.append(LakebaseGarbage(branch.id, "its run ended: no process holds its run lock"))
         elif kind == "branch":
-            parent = (branch.source_branch or "").rsplit("/", 1)[-1]
-            if not parent or not run_alive(parent):
+            runs = [
+                r for r in run_branches if names.RUN_BRANCH_RE.fullmatch(r)["run"] == names.run_of(branch.id)
+            ]  # type: ignore[index]
+            if not any(run_alive(r) for r in runs):
                 garbage.append(LakebaseGarbage(branch.id, "a test's branch whose run ended"))
         elif kind == "template-branch":
             if children[branch.id]:

@@ -259,6 +259,16 @@ class LakebaseRun:
             except Exception as exc:
                 log.warning("pytest-dbbranch: could not extend the run's Lakebase branch: %s", exc)
 
+    def parent_of_tests(self) -> str:
+        """Where a test's own Lakebase branch forks from: the template branch (no TTL), not
+        the run's branch (the service may refuse a child under a branch with a TTL)."""
+        if self.template_branch is None:
+            info = self.api.get_branch(self.name)
+            if info is None or not info.source_branch:
+                raise DbBranchError(f"Lakebase: the run's branch {self.name} is gone")
+            self.template_branch = self.project.branch_id(info.source_branch)
+        return self.template_branch
+
     def test_branches(self, template: str) -> TestBranches:
         return TestBranches(self, template)
 

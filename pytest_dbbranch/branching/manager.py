@@ -348,10 +348,11 @@ class BranchManager:
             raise ConfigError(
                 "isolation lakebase_branch needs the Lakebase backend (set dbbranch_lakebase_project)"
             )
-        own: Any = self.lakebase(settings).test_branches(plan.name)
+        run = self.lakebase(settings)
+        own: Any = run.test_branches(plan.name)
         tag = Tag(kind="branch", run=self.run_id, parent=plan.name, fingerprint=plan.fingerprint)
         with self.stats.timed("fork_seconds"):
-            own.fork(name, self.lakebase(settings).name, tag)
+            own.fork(name, run.parent_of_tests(), tag)
         self.stats.increment("branches_created")
         return Branch(name, own, settings, settings.revision, upgrader=self._upgrade)
 
