@@ -186,7 +186,12 @@ def cmd_create(args: argparse.Namespace) -> int:
     manager = _manager(args)
     try:
         settings = replace(manager.settings, keep="always")
-        branch = manager.create(settings, scope="session", node_id=args.name or "cli")
+        scope = "session"
+        if settings.effective_backend == "lakebase":
+            # A database inside the run's branch would go with it: a Lakebase branch of its
+            # own, which expires after dbbranch_lakebase_ttl.
+            settings, scope = replace(settings, isolation="lakebase_branch"), "function"
+        branch = manager.create(settings, scope=scope, node_id=args.name or "cli")
         manager.release(branch)
         url = branch.url if args.show_password else branch.display_url
         if args.json:
