@@ -114,7 +114,7 @@ def clean_message(exc: BaseException) -> str:
 _STATUS_KEY = "dbbranch_http_status"
 
 
-class _StatusCapture:
+class StatusCapture:
     """An SDK error customizer: records the response's status on the error it builds (its
     constructor keeps unknown keyword arguments in ``kwargs``)."""
 
@@ -132,13 +132,13 @@ def install_status_capture(client: Any) -> bool:
         return False
     if not isinstance(customizers, list):
         return False
-    if not any(isinstance(existing, _StatusCapture) for existing in customizers):
-        customizers.append(_StatusCapture())
+    if not any(isinstance(existing, StatusCapture) for existing in customizers):
+        customizers.append(StatusCapture())
     return True
 
 
 def http_status(exc: BaseException) -> int | None:
-    """The status the error came with: recorded by ``_StatusCapture``, else implied by the
+    """The status the error came with: recorded by ``StatusCapture``, else implied by the
     SDK class that only one status maps to (``None`` for a bare ``DatabricksError``)."""
     kwargs = getattr(exc, "kwargs", None)
     if isinstance(kwargs, dict):
@@ -192,14 +192,16 @@ def classify(exc: BaseException, *, idempotent: bool) -> Failure:
 
 
 def classify_operation(code: Any, message: str | None) -> Failure:
-    """A long-running operation that finished with an error: a code, no status. Retrying
-    means starting the operation again, which is safe because it did not happen."""
+    """A long-running operation that finished with an error: a code, no status. Only the
+    "not now" codes are retried (by starting the operation again); an internal error of the
+    operation itself is reported rather than repeated for minutes."""
     text = _code_text(code) or "UNKNOWN"
-    return Failure(_kind(None, text, idempotent=True), None, text, redact(message or "no message"))
+    return Failure(_kind(None, text, idempotent=False), None, text, redact(message or "no message"))
 
 
 def _kind(status: int | None, code: str | None, *, idempotent: bool) -> Kind:
-    if code in RETRY_CODES or status in RETRY_STATUSES:
+    # Neon-style limits (``422 BRANCHES_LIMIT_EXCEEDED``) are "not now" like the named ones.
+    if code in RETRY_CODES or status in RETRY_STATUSES or (code or "").endswith("_LIMIT_EXCEEDED"):
         return Kind.RETRY
     if code in EXISTS_CODES:
         return Kind.EXISTS

@@ -18,6 +18,7 @@ import psycopg
 import pytest
 from databricks.sdk import WorkspaceClient
 from databricks.sdk.core import Config
+from databricks.sdk.errors.base import DatabricksError
 from databricks.sdk.service.postgres import Branch, BranchSpec, Endpoint, EndpointSpec, EndpointType
 from google.protobuf.duration_pb2 import Duration
 
@@ -332,6 +333,7 @@ def test_credentials_are_fresh_each_time(api: LakebaseApi) -> None:
 
 
 def test_project_info(api: LakebaseApi, client: WorkspaceClient) -> None:
+    assert api.status_capture, "this SDK's errors keep their HTTP status (423 is retried)"
     info = api.project_info()
     assert (info.name, info.default_branch) == (f"projects/{PROJECT}", PRODUCTION)
     assert info.pg_version > 0
@@ -341,6 +343,8 @@ def test_project_info(api: LakebaseApi, client: WorkspaceClient) -> None:
 
 def test_a_rejected_token_says_how_to_refresh_it(api: LakebaseApi, emulator: LakebaseEmulator) -> None:
     emulator.revoke_pat("Token expired")
+    with pytest.raises(DatabricksError, match="Config: host="):  # what the SDK says
+        api.client.postgres.get_branch(PRODUCTION)
     with pytest.raises(ServerError) as caught:
         api.get_branch("production")
     text = str(caught.value)
