@@ -41,6 +41,8 @@ OPERATION_404_RETRIES = 3
 ENDPOINT_TIMEOUT = 120.0
 USABLE_ENDPOINT_STATES = frozenset({"ACTIVE", "IDLE"})
 PRIMARY = "primary"
+#: The code of our own "operation not done in time" failure.
+TIMED_OUT = "DBBRANCH_TIMED_OUT"
 
 
 @dataclass(frozen=True)
@@ -89,10 +91,6 @@ class _Handled(Exception):
     def __init__(self, failure: Failure) -> None:
         super().__init__(failure.describe())
         self.failure = failure
-
-
-class _WaitTimeout(Exception):
-    pass
 
 
 class LakebaseApi:
@@ -210,6 +208,13 @@ class LakebaseApi:
                 finished = self._wait("create_branch", operation, what, started)
             except _Handled as handled:
                 failure = handled.failure
+                if failure.code == TIMED_OUT:
+                    with contextlib.suppress(DbBranchError):
+                        self.delete_branch(branch_id)
+                    raise ServerError(
+                        f"Lakebase: {failure.message}; asked the service to delete it (purge) so it "
+                        "does not hold a slot of the project's branch limit"
+                    ) from None
                 if failure.kind not in (Kind.RETRY, Kind.EXISTS):
                     raise _operation_error(failure, what) from None
                 if failure.kind is Kind.EXISTS:
@@ -233,13 +238,6 @@ class LakebaseApi:
                     self.refused_creates += 1
                 self._backoff(attempt, failure, deadline, what)
                 continue
-            except _WaitTimeout:
-                with contextlib.suppress(DbBranchError):
-                    self.delete_branch(branch_id)
-                raise ServerError(
-                    f"Lakebase: {what}: not done after {self.operation_timeout:.0f}s; asked the service "
-                    "to delete it (purge) so it does not hold a slot of the project's branch limit"
-                ) from None
             response = finished.response
             if response:
                 return _branch_info(Branch.from_dict(response))
@@ -263,8 +261,6 @@ class LakebaseApi:
         except _Handled as handled:
             if handled.failure.kind is not Kind.NOT_FOUND:
                 raise _operation_error(handled.failure, what) from None
-        except _WaitTimeout:
-            raise ServerError(f"Lakebase: {what}: not done after {self.operation_timeout:.0f}s") from None
 
     def extend(self, branch_id: str, ttl: float, *, wait: bool = True) -> BranchInfo | None:
         """Move the branch's expiry to ``ttl`` seconds from now (the heartbeat of long-lived
@@ -292,8 +288,6 @@ class LakebaseApi:
                     f"({handled.failure.describe()})"
                 ) from None
             raise _operation_error(handled.failure, what) from None
-        except _WaitTimeout:
-            raise ServerError(f"Lakebase: {what}: not done after {self.operation_timeout:.0f}s") from None
         return (
             _branch_info(Branch.from_dict(finished.response)) if finished.response else self.get_branch(name)
         )
@@ -395,8 +389,6 @@ class LakebaseApi:
             if found is None:
                 raise as_error(handled.failure, what=what, project=self.project) from None
             return found
-        except _WaitTimeout:
-            raise ServerError(f"Lakebase: {what}: not done after {self.operation_timeout:.0f}s") from None
         if finished.response:
             return Endpoint.from_dict(finished.response)
         return self._read_endpoint(f"{branch}/endpoints/{PRIMARY}") or read_write()
@@ -463,7 +455,7 @@ class LakebaseApi:
             self._durations[kind] = min(max(estimate, 0.05), 60.0)
 
     def _wait(self, kind: str, operation: Any, what: str, started: float) -> Any:
-        """The finished ``Operation`` (raises ``_Handled`` if it failed, ``_WaitTimeout``)."""
+        """The finished ``Operation``; ``_Handled`` if it failed or outlived ``operation_timeout``."""
         initial = getattr(operation, "_operation", None)
         if initial is not None and initial.done:
             return _checked(initial)
@@ -489,7 +481,8 @@ class LakebaseApi:
                 self._observe(kind, elapsed, polls == 1)
                 return _checked(current)
             if time.monotonic() >= deadline:
-                raise _WaitTimeout(name)
+                message = f"{what}: not done after {self.operation_timeout:.0f}s (operation {name})"
+                raise _Handled(Failure(Kind.OTHER, None, TIMED_OUT, message))
             with self._lock:
                 expected = self._durations.get(kind, self.seed_duration)
             delay = min(max(0.25 * expected, POLL_STEP[0]), POLL_STEP[1])
@@ -530,6 +523,8 @@ def _checked(operation: Any) -> Any:
 
 
 def _operation_error(failure: Failure, what: str) -> DbBranchError:
+    if failure.code == TIMED_OUT:
+        return ServerError(f"Lakebase: {failure.message}")
     if failure.status is None and failure.code:
         return LakebaseOperationError(failure.code, failure.message, what)
     return DbBranchError(f"Lakebase: cannot {what} ({failure.describe()})")

@@ -243,7 +243,10 @@ def test_a_missing_operation_right_after_the_post_is_waited_for(
 def test_a_create_that_outlives_the_wait_is_deleted(api: LakebaseApi, emulator: LakebaseEmulator) -> None:
     emulator.operation_delay = 1.0
     api.operation_timeout = 0.3
-    with pytest.raises(ServerError, match="not done after 0s; asked the service to delete it"):
+    with pytest.raises(
+        ServerError,
+        match=r"create branch t-slow: not done after 0s \(operation .*\); asked the service to delete it",
+    ):
         api.create_branch("t-slow", source="production", ttl=600)
     assert api.calls["delete_branch"] == 1
 
