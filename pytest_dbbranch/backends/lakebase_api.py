@@ -440,7 +440,7 @@ class LakebaseApi:
     def _first_poll(self, kind: str) -> float:
         with self._lock:
             expected = self._durations.get(kind, self.seed_duration)
-        return expected * 1.1 + 0.05
+        return expected * 1.1 + 0.1
 
     def _observe(self, kind: str, elapsed: float, first_poll_hit: bool) -> None:
         """Learn the typical duration. Done at the first poll only bounds it from above, so
