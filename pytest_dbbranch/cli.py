@@ -79,7 +79,7 @@ def _lakebase_list(manager: BranchManager, args: argparse.Namespace) -> int:
     own; the test databases inside a run's branch go with it."""
     run = manager.lakebase()
     now = time.time()
-    rows = []
+    rows: list[dict[str, Any]] = []
     for branch in run.api.list_branches():
         kind = names.generated_kind(branch.id)
         if kind is None:
@@ -357,6 +357,8 @@ def cmd_lakebase_doctor(args: argparse.Namespace) -> int:
         source_branch=project.full(source.removeprefix("db:")) if source else project.default_branch,
         out=sys.stdout,
         schema_sql=schema,
+        port=settings.lakebase_port,
+        sslmode=settings.lakebase_sslmode,
     )
 
 

@@ -24,11 +24,20 @@ import random
 import threading
 import time
 from collections.abc import Collection
-from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import BranchExistsError, ConfigError, DbBranchError, LakebaseOperationError, ServerError
 from .lakebase_errors import Failure, Kind, as_error, classify, classify_operation, install_status_capture
+from .lakebase_records import (
+    BranchInfo,
+    Credential,
+    EndpointInfo,
+    ProjectInfo,
+    branch_info,
+    endpoint_info,
+    enum_text,
+    seconds,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -43,46 +52,6 @@ USABLE_ENDPOINT_STATES = frozenset({"ACTIVE", "IDLE"})
 PRIMARY = "primary"
 #: The code of our own "operation not done in time" failure.
 TIMED_OUT = "DBBRANCH_TIMED_OUT"
-
-
-@dataclass(frozen=True)
-class ProjectInfo:
-    name: str
-    default_branch: str
-    pg_version: int
-
-
-@dataclass(frozen=True)
-class BranchInfo:
-    id: str
-    name: str
-    state: str | None
-    create_time: float | None
-    expire_time: float | None
-    is_protected: bool
-    is_default: bool
-    source_branch: str | None
-    source_branch_lsn: str | None
-    source_branch_time: float | None
-
-    @property
-    def ready(self) -> bool:
-        return self.state == "READY"
-
-
-@dataclass(frozen=True)
-class EndpointInfo:
-    name: str
-    host: str
-    #: None: the service's default (5432). Set only when the service names one in the host.
-    port: int | None
-    state: str | None = None
-
-
-@dataclass(frozen=True)
-class Credential:
-    token: str = field(repr=False)
-    expires_at: float
 
 
 class _Handled(Exception):
@@ -148,11 +117,11 @@ class LakebaseApi:
             branch = self._call("get_branch", f"read branch {name}", {Kind.NOT_FOUND}, name=name)
         except _Handled:
             return None
-        return _branch_info(branch)
+        return branch_info(branch)
 
     def list_branches(self) -> list[BranchInfo]:
         branches = self._call("list_branches", f"list the branches of {self.project}", parent=self.project)
-        return [_branch_info(branch) for branch in branches]
+        return [branch_info(branch) for branch in branches]
 
     # -- branches ------------------------------------------------------------------------------
 
@@ -240,7 +209,7 @@ class LakebaseApi:
                 continue
             response = finished.response
             if response:
-                return _branch_info(Branch.from_dict(response))
+                return branch_info(Branch.from_dict(response))
             info = self.get_branch(branch_id)
             if info is None:
                 raise ServerError(f"Lakebase: {what}: done, but the branch cannot be read back")
@@ -289,7 +258,7 @@ class LakebaseApi:
                 ) from None
             raise _operation_error(handled.failure, what) from None
         return (
-            _branch_info(Branch.from_dict(finished.response)) if finished.response else self.get_branch(name)
+            branch_info(Branch.from_dict(finished.response)) if finished.response else self.get_branch(name)
         )
 
     # -- endpoints and credentials -------------------------------------------------------------
@@ -309,7 +278,7 @@ class LakebaseApi:
             endpoint = self._find_or_create_endpoint(branch)
         while True:
             host = endpoint.status.hosts.host if endpoint.status and endpoint.status.hosts else None
-            state = _enum_text(endpoint.status.current_state if endpoint.status else None)
+            state = enum_text(endpoint.status.current_state if endpoint.status else None)
             if host and (state is None or state in USABLE_ENDPOINT_STATES):
                 break
             if time.monotonic() >= deadline:
@@ -320,7 +289,7 @@ class LakebaseApi:
                 )
             time.sleep(POLL_STEP[0])
             endpoint = self._read_endpoint(endpoint.name) or endpoint
-        info = _endpoint_info(endpoint.name, host, state)
+        info = endpoint_info(endpoint.name, host, state)
         with self._lock:
             self._endpoints[branch] = info
         return info
@@ -336,7 +305,7 @@ class LakebaseApi:
         result = self._call("generate_database_credential", what, endpoint=endpoint_name, ttl=lifetime)
         if not result.token:
             raise ServerError(f"Lakebase returned an empty database credential for {endpoint_name}")
-        expires = _seconds(result.expire_time)
+        expires = seconds(result.expire_time)
         return Credential(
             token=result.token, expires_at=expires if expires is not None else time.time() + 3600
         )
@@ -356,7 +325,7 @@ class LakebaseApi:
             for candidate in listed:
                 kind = candidate.status.endpoint_type if candidate.status else None
                 kind = kind or (candidate.spec.endpoint_type if candidate.spec else None)
-                if _enum_text(kind) == EndpointType.ENDPOINT_TYPE_READ_WRITE.value:
+                if enum_text(kind) == EndpointType.ENDPOINT_TYPE_READ_WRITE.value:
                     return candidate
             return None
 
@@ -528,47 +497,3 @@ def _operation_error(failure: Failure, what: str) -> DbBranchError:
     if failure.status is None and failure.code:
         return LakebaseOperationError(failure.code, failure.message, what)
     return DbBranchError(f"Lakebase: cannot {what} ({failure.describe()})")
-
-
-def _enum_text(value: Any) -> str | None:
-    if value is None:
-        return None
-    return str(getattr(value, "value", value))
-
-
-def _seconds(stamp: Any) -> float | None:
-    if stamp is None:
-        return None
-    try:
-        return float(stamp.seconds) + float(stamp.nanos) / 1e9
-    except AttributeError:
-        return None
-
-
-def _branch_info(branch: Any) -> BranchInfo:
-    status = branch.status
-    name = branch.name or ""
-
-    def get(attribute: str) -> Any:
-        return getattr(status, attribute, None) if status is not None else None
-
-    return BranchInfo(
-        id=branch.branch_id or name.rsplit("/", 1)[-1],
-        name=name,
-        state=_enum_text(get("current_state")),
-        create_time=_seconds(branch.create_time),
-        expire_time=_seconds(get("expire_time")),
-        is_protected=bool(get("is_protected")),
-        is_default=bool(get("default")),
-        source_branch=get("source_branch"),
-        source_branch_lsn=get("source_branch_lsn"),
-        source_branch_time=_seconds(get("source_branch_time")),
-    )
-
-
-def _endpoint_info(name: str, host: str, state: str | None) -> EndpointInfo:
-    """A host given as ``host:port`` (some emulators) names its port; the service's never does."""
-    base, sep, port = host.rpartition(":")
-    if sep and port.isdigit() and base and not base.endswith(":"):
-        return EndpointInfo(name, base, int(port), state)
-    return EndpointInfo(name, host, None, state)

@@ -25,8 +25,9 @@ from psycopg import sql
 
 from ..conninfo import redact_text
 from ..errors import DbBranchError
-from .lakebase_api import EndpointInfo, LakebaseApi
+from .lakebase_api import LakebaseApi
 from .lakebase_errors import classify
+from .lakebase_records import EndpointInfo
 
 PASS, FAIL, INFO = "pass", "FAIL", "info"
 DATABASE = "databricks_postgres"

@@ -49,8 +49,7 @@ def find_lakebase_garbage(run: LakebaseRun, *, older_than: float | None = None) 
 
     def run_alive(branch_id: str) -> bool:
         if branch_id not in alive:
-            match = names.RUN_BRANCH_RE.fullmatch(branch_id)
-            key = "run:" + match.group("run") if match else ""
+            key = f"run:{_run_key(branch_id)}"
             alive[branch_id] = branch_id in present and _held(run, branch_id, key)
         return alive[branch_id]
 
@@ -65,9 +64,7 @@ def find_lakebase_garbage(run: LakebaseRun, *, older_than: float | None = None) 
             if not run_alive(branch.id):
                 garbage.append(LakebaseGarbage(branch.id, "its run ended: no process holds its run lock"))
         elif kind == "branch":
-            runs = [
-                r for r in run_branches if names.RUN_BRANCH_RE.fullmatch(r)["run"] == names.run_of(branch.id)
-            ]  # type: ignore[index]
+            runs = [r for r in run_branches if _run_key(r) == names.run_of(branch.id)]
             if not any(run_alive(r) for r in runs):
                 garbage.append(LakebaseGarbage(branch.id, "a test's branch whose run ended"))
         elif kind == "template-branch":
@@ -88,6 +85,11 @@ def find_lakebase_garbage(run: LakebaseRun, *, older_than: float | None = None) 
         # Names sort by the minute they copied the source: all but the newest are replaced.
         garbage += [LakebaseGarbage(old, f"replaced by {ids[-1]}") for old in ids[:-1]]
     return garbage
+
+
+def _run_key(run_branch: str) -> str | None:
+    match = names.RUN_BRANCH_RE.fullmatch(run_branch)
+    return match.group("run") if match else None
 
 
 def collect_lakebase(run: LakebaseRun, garbage: list[LakebaseGarbage]) -> list[tuple[str, str]]:

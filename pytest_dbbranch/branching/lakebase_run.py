@@ -227,8 +227,10 @@ class LakebaseRun:
         name = names.lakebase_template_name(key, time.time())
         with self.progress.step(f"Lakebase: copying {self.project.branch_id(source)} into {name}"):
             try:
+                # Not adopted: a template branch's name is the same for every job, so a
+                # conflict means another job's build (wait for it), never our lost answer.
                 info = self.api.create_branch(
-                    name, source=source, ttl=None, source_time=self.config.source_time
+                    name, source=source, ttl=None, source_time=self.config.source_time, adopt=False
                 )
             except BranchExistsError:
                 return None

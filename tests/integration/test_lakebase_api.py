@@ -22,7 +22,8 @@ from databricks.sdk.errors.base import DatabricksError
 from databricks.sdk.service.postgres import Branch, BranchSpec, Endpoint, EndpointSpec, EndpointType
 from google.protobuf.duration_pb2 import Duration
 
-from pytest_dbbranch.backends.lakebase_api import EndpointInfo, LakebaseApi
+from pytest_dbbranch.backends.lakebase_api import LakebaseApi
+from pytest_dbbranch.backends.lakebase_records import EndpointInfo
 from pytest_dbbranch.conninfo import ServerAddress
 from pytest_dbbranch.emulator import LakebaseEmulator
 from pytest_dbbranch.errors import BranchExistsError, ConfigError, DbBranchError, ServerError
