@@ -33,7 +33,7 @@ from typing import Any
 
 from .. import names
 from ..backends import build_lock
-from ..backends.lakebase import BranchAddress, LakebaseMark, LakebaseProject
+from ..backends.lakebase import MARK_DATABASE, BranchAddress, LakebaseMark, LakebaseProject
 from ..backends.postgres import PostgresBackend
 from ..errors import BranchExistsError, DbBranchError
 from ..progress import Progress
@@ -105,7 +105,9 @@ class LakebaseRun:
     def _backend_in(self, branch: str, strategy: str = "auto") -> PostgresBackend:
         folder = self.lock_folder / branch
         folder.mkdir(parents=True, exist_ok=True)
-        address = BranchAddress(self.project, branch, self.config.database)
+        # The admin connection sits on the database we made for our mark: never on the data
+        # database, which is copied (and PostgreSQL copies only what nobody is connected to).
+        address = BranchAddress(self.project, branch, MARK_DATABASE)
         return PostgresBackend(
             address,
             lock_folder=folder,
@@ -235,12 +237,12 @@ class LakebaseRun:
             except BranchExistsError:
                 return None
         try:
+            point = info.source_branch_lsn or info.source_branch_time or self.config.source_time or ""
+            mark = LakebaseMark(role="template-branch", run=self.run_id, key=key, point=str(point))
+            self.project.write_mark(name, mark)
             backend = self._backend_in(name)
             try:
                 backend.hold(build_lock(name))
-                point = info.source_branch_lsn or info.source_branch_time or self.config.source_time or ""
-                mark = LakebaseMark(role="template-branch", run=self.run_id, key=key, point=str(point))
-                self.project.write_mark(name, mark)
                 build(backend, [inner_settings(v, self.config.database) for v in variants])
                 self.project.write_mark(name, dataclasses.replace(mark, ready=True))
             finally:
