@@ -28,6 +28,7 @@ from ..backends import Backend
 from ..conninfo import ServerAddress
 from ..errors import SourceError
 from ..server.binaries import client
+from .tls_relay import tls_relay
 
 Format = Literal["plain", "gzip", "custom", "directory", "tar"]
 
@@ -282,10 +283,14 @@ class Gate:
 
 def restore(path: Path, backend: Backend, dbname: str, where: str) -> None:
     """Restore ``path`` into ``dbname`` (one of ours, just forked from an empty parent)."""
+    with tls_relay(backend.address(dbname)) as address:
+        _restore_at(path, address, dbname, where)
+
+
+def _restore_at(path: Path, address: ServerAddress, dbname: str, where: str) -> None:
     import psycopg
 
     form = detect_format(path, where)
-    address = backend.address(dbname)
     with psycopg.connect(address.conninfo(), connect_timeout=10) as conn:
         known = {row[0] for row in conn.execute("SELECT name FROM pg_settings").fetchall()}
     gate = Gate(known_settings=known, where=where, path=path)
@@ -334,8 +339,10 @@ def copy_database(backend: Backend, source: str, dbname: str, where: str) -> Non
     """Copy database ``source`` into ``dbname`` (ours, just forked from an empty parent) with
     pg_dump, for a role that may read the source but not fork it. The dump goes through the
     same gate as a dump file, so nothing in it reaches another database."""
-    address = backend.address(source)
-    with tempfile.TemporaryDirectory(prefix="dbbranch-copy-") as folder:
+    with (
+        tls_relay(backend.address(source)) as address,
+        tempfile.TemporaryDirectory(prefix="dbbranch-copy-") as folder,
+    ):
         target = Path(folder) / f"{source}.dump"
         with tempfile.TemporaryFile() as errors:
             done = subprocess.run(
