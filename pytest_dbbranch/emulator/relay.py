@@ -11,6 +11,7 @@ import selectors
 import socket
 import ssl
 import threading
+from collections.abc import Callable
 
 #: How long a loop waits before it looks at its stop flag again.
 POLL_SECONDS = 0.25
@@ -19,9 +20,15 @@ _CHUNK = 65536
 
 
 def relay(
-    client: socket.socket, backend: socket.socket, owed_to_client: bytes, stopping: threading.Event
+    client: socket.socket,
+    backend: socket.socket,
+    owed_to_client: bytes,
+    stopping: threading.Event,
+    touch: Callable[[], None] = lambda: None,
 ) -> None:
-    """Until either side hangs up or ``stopping`` is set; ``owed_to_client`` goes out first."""
+    """Until either side hangs up or ``stopping`` is set; ``owed_to_client`` goes out first.
+
+    ``touch`` is called whenever bytes move, so an idle compute can be told from a busy one."""
     client.setblocking(False)
     backend.setblocking(False)
     outgoing = {client: bytearray(owed_to_client), backend: bytearray()}
@@ -36,7 +43,10 @@ def relay(
                 if outgoing[sock]:
                     wanted |= selectors.EVENT_WRITE
                 _interest(selector, sock, wanted)
-            for key, mask in selector.select(timeout=POLL_SECONDS):
+            events = selector.select(timeout=POLL_SECONDS)
+            if events:
+                touch()
+            for key, mask in events:
                 sock = by_fd[key.fd]
                 if mask & selectors.EVENT_WRITE and not _send_some(sock, outgoing[sock]):
                     return
