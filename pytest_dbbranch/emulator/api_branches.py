@@ -231,13 +231,18 @@ def delete_branch(core: EmulatorCore, request: Request) -> dict[str, Any]:
         return core.begin_delete(project, branch, request.fault, purge=purge).as_json()
 
 
+def _snake(path: str) -> str:
+    return re.sub(r"([A-Z])", lambda m: "_" + m.group(1).lower(), path)
+
+
 _UPDATABLE = {"spec.ttl", "spec.expire_time", "spec.no_expiry", "spec.expiration", "spec.is_protected"}
 
 
 def update_branch(core: EmulatorCore, request: Request) -> dict[str, Any]:
     """PATCH with an update mask: the expiration (``spec.expiration`` or one of its fields)
     and ``spec.is_protected``; anything else is refused rather than silently ignored."""
-    mask = [field.strip() for field in request.query.get("update_mask", "").split(",") if field.strip()]
+    # FieldMask's JSON form is lowerCamelCase ("spec.isProtected"); both spellings are accepted.
+    mask = [_snake(field.strip()) for field in request.query.get("update_mask", "").split(",") if field.strip()]
     if not mask:
         raise ApiError(400, "INVALID_PARAMETER_VALUE", "update_mask is required")
     unknown = [field for field in mask if field not in _UPDATABLE]

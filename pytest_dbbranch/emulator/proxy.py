@@ -99,9 +99,12 @@ class _Connection:
         self.tag = ""
         self.cancel_key = b""
         self.last_active = time.monotonic()
+        #: The client spoke last: a query is running, which keeps the compute awake.
+        self.waiting = False
 
-    def touch(self) -> None:
+    def touch(self, from_client: bool) -> None:
         self.last_active = time.monotonic()
+        self.waiting = from_client
 
     def shutdown(self) -> None:
         for sock in (self.client, self.backend):
@@ -200,12 +203,14 @@ class PgProxy:
             connection.shutdown()
 
     def last_activity(self) -> dict[str, float]:
-        """Per tag, the latest moment any of its sessions moved bytes (monotonic clock)."""
+        """Per tag, the latest moment any of its sessions was busy (monotonic clock)."""
         out: dict[str, float] = {}
+        moment = time.monotonic()
         with self._lock:
             for connection in self._live.values():
                 if connection.tag:
-                    out[connection.tag] = max(out.get(connection.tag, 0.0), connection.last_active)
+                    last = moment if connection.waiting else connection.last_active
+                    out[connection.tag] = max(out.get(connection.tag, 0.0), last)
         return out
 
     # -- accepting -------------------------------------------------------------------------

@@ -24,11 +24,12 @@ def relay(
     backend: socket.socket,
     owed_to_client: bytes,
     stopping: threading.Event,
-    touch: Callable[[], None] = lambda: None,
+    touch: Callable[[bool], None] = lambda from_client: None,
 ) -> None:
     """Until either side hangs up or ``stopping`` is set; ``owed_to_client`` goes out first.
 
-    ``touch`` is called whenever bytes move, so an idle compute can be told from a busy one."""
+    ``touch(from_client)`` is called whenever bytes arrive, so an idle compute can be told
+    from a busy one (a client that spoke last is waiting for an answer)."""
     client.setblocking(False)
     backend.setblocking(False)
     outgoing = {client: bytearray(owed_to_client), backend: bytearray()}
@@ -43,11 +44,10 @@ def relay(
                 if outgoing[sock]:
                     wanted |= selectors.EVENT_WRITE
                 _interest(selector, sock, wanted)
-            events = selector.select(timeout=POLL_SECONDS)
-            if events:
-                touch()
-            for key, mask in events:
+            for key, mask in selector.select(timeout=POLL_SECONDS):
                 sock = by_fd[key.fd]
+                if mask & selectors.EVENT_READ:
+                    touch(sock is client)
                 if mask & selectors.EVENT_WRITE and not _send_some(sock, outgoing[sock]):
                     return
                 if mask & selectors.EVENT_READ and not _receive(sock, outgoing[peer[sock]]):

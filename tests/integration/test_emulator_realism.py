@@ -106,7 +106,7 @@ def test_tokens_expire_at_login_with_28p01(emu: LakebaseEmulator, w: WorkspaceCl
     session = psycopg.connect(
         host=host, user=emu.user_name, password=credential.token, dbname="databricks_postgres", sslmode="require"
     )
-    time.sleep(2.1)
+    session.execute("SELECT pg_sleep(2.1)")  # a running query keeps the compute from suspending
     fields = raw_login(host, 5432, user=emu.user_name, password=credential.token)
     assert (fields["C"], fields["M"]) == ("28P01", f'password authentication failed for user "{emu.user_name}"')
     assert "expired" in fields["D"]
@@ -272,6 +272,7 @@ def test_older_behaviours_behind_switches(monkeypatch: pytest.MonkeyPatch, tmp_p
         assert all(e.status and e.status.hosts and e.status.hosts.host == "127.0.0.1" for e in made)
         token = w.postgres.generate_database_credential(endpoint=f"{made[0].name}").token
         params = {"host": "127.0.0.1", "port": emu.pg_port, "user": emu.user_name, "password": token}
+        params["dbname"] = "databricks_postgres"
         with psycopg.connect(**params, sslmode="disable", autocommit=True) as conn:
             conn.execute("CREATE TABLE on_parent (id int)")
         with psycopg.connect(**params, options=f"endpoint={made[1].uid}", sslmode="disable") as conn:
