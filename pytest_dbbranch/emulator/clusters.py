@@ -12,6 +12,7 @@ socket only the proxy uses. Small settings keep a dozen clusters cheap.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import shutil
@@ -56,6 +57,10 @@ SETTINGS = {
 }
 MIN_SHM_FREE = 512 * 1024 * 1024
 
+_templates_lock = threading.Lock()
+#: (base folder, binaries, owner) -> a stopped, bootstrapped data folder projects copy.
+_templates: dict[tuple[str, str, str], Path] = {}
+
 
 class ClusterError(RuntimeError):
     """A PostgreSQL program failed; the message carries its output, never a password."""
@@ -92,7 +97,6 @@ class Clusters:
         self._run_as = _unprivileged_user()
         self._lock = threading.Lock()
         self._count = 0
-        self._template: Path | None = None
         self.live: dict[str, Cluster] = {}
 
     # -- making clusters --------------------------------------------------------------------
@@ -106,25 +110,37 @@ class Clusters:
         self._chown(home)
         return Cluster(key, home)
 
+    def _make_root(self, root: Path) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        root.chmod(0o755)
+        self._chown(root)
+
     def _template_data(self) -> Path:
-        """initdb once per emulator and bootstrap the roles; every project copies the result."""
+        """initdb and bootstrap the roles once per process and owner; projects copy the result.
+
+        Shared by every emulator of the process (tests start several), kept in a folder of its
+        own that is removed when the process exits."""
         with self._lock:
-            if self._template is not None:
-                return self._template
-            self.root.mkdir(parents=True, exist_ok=True)
-            self.root.chmod(0o755)
-            self._chown(self.root)
-        cluster = self._new_home()
-        argv = [str(self.bindir / "initdb"), "-D", str(cluster.data), "-U", ADMIN, "--auth=trust"]
-        self._run([*argv, "-E", "UTF8", "--locale=C", "-N"], "initdb")
-        self.start(cluster)
-        try:
-            self._bootstrap(cluster)
-        finally:
-            self.stop(cluster)
-        with self._lock:
-            self._template = cluster.data
-        return cluster.data
+            self._make_root(self.root)
+        key = (str(self.root.parent), str(self.bindir), self.owner)
+        with _templates_lock:
+            if key not in _templates:
+                shared = self.root.parent / f"dbbranch-emu-templates-{os.getpid()}"
+                if not shared.exists():
+                    atexit.register(shutil.rmtree, shared, True)
+                self._make_root(shared)
+                cluster = Cluster(f"t{len(_templates) + 1}", shared / f"t{len(_templates) + 1}")
+                cluster.home.mkdir()
+                self._chown(cluster.home)
+                argv = [str(self.bindir / "initdb"), "-D", str(cluster.data), "-U", ADMIN, "--auth=trust"]
+                self._run([*argv, "-E", "UTF8", "--locale=C", "-N"], "initdb")
+                self.start(cluster)
+                try:
+                    self._bootstrap(cluster)
+                finally:
+                    self.stop(cluster)
+                _templates[key] = cluster.data
+            return _templates[key]
 
     def _bootstrap(self, cluster: Cluster) -> None:
         """The role layout Lakebase documents: the owner's role owns databricks_postgres, other
@@ -213,11 +229,14 @@ class Clusters:
         shutil.rmtree(cluster.home, ignore_errors=True)
 
     def close(self) -> None:
-        """Stop every cluster and delete the folder: nothing of an emulator outlives it."""
+        """Stop every cluster (side by side) and delete the folder: nothing of an emulator outlives it."""
         with self._lock:
             live = list(self.live.values())
-        for cluster in live:
-            self.stop(cluster, immediate=True)
+        stoppers = [threading.Thread(target=self.stop, args=(c,), kwargs={"immediate": True}) for c in live]
+        for thread in stoppers:
+            thread.start()
+        for thread in stoppers:
+            thread.join()
         shutil.rmtree(self.root, ignore_errors=True)
 
     # -- inside a cluster -------------------------------------------------------------------
