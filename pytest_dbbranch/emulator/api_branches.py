@@ -242,7 +242,9 @@ def update_branch(core: EmulatorCore, request: Request) -> dict[str, Any]:
     """PATCH with an update mask: the expiration (``spec.expiration`` or one of its fields)
     and ``spec.is_protected``; anything else is refused rather than silently ignored."""
     # FieldMask's JSON form is lowerCamelCase ("spec.isProtected"); both spellings are accepted.
-    mask = [_snake(field.strip()) for field in request.query.get("update_mask", "").split(",") if field.strip()]
+    mask = [
+        _snake(field.strip()) for field in request.query.get("update_mask", "").split(",") if field.strip()
+    ]
     if not mask:
         raise ApiError(400, "INVALID_PARAMETER_VALUE", "update_mask is required")
     unknown = [field for field in mask if field not in _UPDATABLE]

@@ -48,8 +48,9 @@ def hour() -> Duration:
     return Duration(seconds=3600)
 
 
-def endpoint_with_host(w: WorkspaceClient, branch: str, timeout: float = 10.0) -> Endpoint:
+def endpoint_with_host(w: WorkspaceClient, branch: str | None, timeout: float = 10.0) -> Endpoint:
     """The branch's primary endpoint once its compute has a host (it may start a moment late)."""
+    assert branch is not None
     deadline = time.monotonic() + timeout
     while True:
         endpoint = w.postgres.get_endpoint(f"{branch}/endpoints/primary")
@@ -60,7 +61,7 @@ def endpoint_with_host(w: WorkspaceClient, branch: str, timeout: float = 10.0) -
 
 
 def connect(
-    emulator: LakebaseEmulator, w: WorkspaceClient, branch: str, **kwargs: Any
+    emulator: LakebaseEmulator, w: WorkspaceClient, branch: str | None, **kwargs: Any
 ) -> psycopg.Connection[Any]:
     """Log in as on real Lakebase: endpoint host, port 5432, token as password, TLS."""
     endpoint = endpoint_with_host(w, branch)

@@ -152,7 +152,7 @@ def test_branch_forks_data_through_the_proxy(w: WorkspaceClient, emu: LakebaseEm
     with connect(emu, w, f"{grandchild.name}") as conn:
         assert labels(conn) == ["seed", "child only"]
     delete_branch(w, f"{grandchild.name}")
-    delete_branch(w, child.name)
+    delete_branch(w, f"{child.name}")
 
 
 def test_list_branches_pages(w: WorkspaceClient, emu: LakebaseEmulator) -> None:
@@ -329,7 +329,7 @@ def test_branching_a_parent_in_use(w: WorkspaceClient, emu: LakebaseEmulator) ->
     with connect(emu, w, f"{child.name}") as conn:
         assert labels(conn) == ["seed", "written before the fork"]
     delete_branch(w, f"{child.name}")
-    delete_branch(w, parent.name)
+    delete_branch(w, f"{parent.name}")
 
 
 def test_database_storage_with_a_password_protected_backing_server(

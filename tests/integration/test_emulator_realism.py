@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -60,12 +61,16 @@ def start_create(w: WorkspaceClient, parent: str, branch_id: str, spec: BranchSp
     return w.postgres.create_branch(parent, Branch(spec=spec), branch_id).name()
 
 
-def test_implicit_primary_endpoint_gets_its_host_a_moment_later(emu: LakebaseEmulator, w: WorkspaceClient) -> None:
+def test_implicit_primary_endpoint_gets_its_host_a_moment_later(
+    emu: LakebaseEmulator, w: WorkspaceClient
+) -> None:
     parent = project(emu)
     op = finish(w, start_create(w, parent, "fresh", BranchSpec(ttl=hour())))
     assert op.error is None
     endpoint = w.postgres.get_endpoint(f"{parent}/branches/fresh/endpoints/primary")
-    assert endpoint.status is not None and endpoint.status.endpoint_type == EndpointType.ENDPOINT_TYPE_READ_WRITE
+    assert (
+        endpoint.status is not None and endpoint.status.endpoint_type == EndpointType.ENDPOINT_TYPE_READ_WRITE
+    )
     assert endpoint.status.hosts is None  # the compute is still starting
     assert endpoint.status.current_state is not None and endpoint.status.current_state.value == "INIT"
     ready = endpoint_with_host(w, f"{parent}/branches/fresh")
@@ -104,11 +109,18 @@ def test_tokens_expire_at_login_with_28p01(emu: LakebaseEmulator, w: WorkspaceCl
     lifetime = credential.expire_time.ToDatetime(tzinfo=UTC) - datetime.now(UTC)
     assert timedelta(seconds=1) < lifetime <= timedelta(seconds=2)
     session = psycopg.connect(
-        host=host, user=emu.user_name, password=credential.token, dbname="databricks_postgres", sslmode="require"
+        host=host,
+        user=emu.user_name,
+        password=credential.token,
+        dbname="databricks_postgres",
+        sslmode="require",
     )
     session.execute("SELECT pg_sleep(2.1)")  # a running query keeps the compute from suspending
     fields = raw_login(host, 5432, user=emu.user_name, password=credential.token)
-    assert (fields["C"], fields["M"]) == ("28P01", f'password authentication failed for user "{emu.user_name}"')
+    assert (fields["C"], fields["M"]) == (
+        "28P01",
+        f'password authentication failed for user "{emu.user_name}"',
+    )
     assert "expired" in fields["D"]
     assert session.execute("SELECT 1").fetchone() == (1,)  # checked at login only
     session.close()
@@ -179,7 +191,9 @@ def test_one_protected_branch_and_no_expiry_on_protected_or_default(
         w.postgres.create_branch(parent, Branch(spec=BranchSpec(ttl=hour(), is_protected=True)), "odd")
     with pytest.raises(BadRequest, match="default branch cannot have an expiration"):
         w.postgres.update_branch(
-            f"{parent}/branches/production", Branch(spec=BranchSpec(ttl=hour())), FieldMask(paths=["spec.ttl"])
+            f"{parent}/branches/production",
+            Branch(spec=BranchSpec(ttl=hour())),
+            FieldMask(paths=["spec.ttl"]),
         )
 
 
@@ -192,27 +206,37 @@ def test_expiry_and_children_are_exclusive(emu: LakebaseEmulator, w: WorkspaceCl
     lasting = create_branch(w, parent, "lasting").name
     create_branch(w, parent, "its-kid", source_branch=lasting, ttl=hour())
     with pytest.raises(BadRequest, match="child branches and cannot have an expiration"):
-        w.postgres.update_branch(lasting, Branch(spec=BranchSpec(ttl=hour())), FieldMask(paths=["spec.expiration"]))
+        w.postgres.update_branch(
+            f"{lasting}", Branch(spec=BranchSpec(ttl=hour())), FieldMask(paths=["spec.expiration"])
+        )
 
 
 def test_update_branch(emu: LakebaseEmulator, w: WorkspaceClient) -> None:
     parent = project(emu)
     branch = create_branch(w, parent, "patched", ttl=hour())
     assert branch.name and branch.create_time and branch.status and branch.status.expire_time
-    op = w.postgres.update_branch(branch.name, Branch(spec=BranchSpec(ttl=Duration(seconds=7200))), FieldMask(paths=["spec.ttl"]))
+    op = w.postgres.update_branch(
+        branch.name, Branch(spec=BranchSpec(ttl=Duration(seconds=7200))), FieldMask(paths=["spec.ttl"])
+    )
     updated = Branch.from_dict(finish(w, op.name()).response or {})
     assert updated.status and updated.status.expire_time
     expected = branch.create_time.ToDatetime(tzinfo=UTC) + timedelta(seconds=7200)  # ttl counts from creation
     assert abs(updated.status.expire_time.ToDatetime(tzinfo=UTC) - expected) < timedelta(seconds=1)
-    op = w.postgres.update_branch(branch.name, Branch(spec=BranchSpec(no_expiry=True)), FieldMask(paths=["spec.expiration"]))
+    op = w.postgres.update_branch(
+        branch.name, Branch(spec=BranchSpec(no_expiry=True)), FieldMask(paths=["spec.expiration"])
+    )
     assert finish(w, op.name()).error is None
     fetched = w.postgres.get_branch(branch.name)
     assert fetched.status is not None and fetched.status.expire_time is None
-    op = w.postgres.update_branch(branch.name, Branch(spec=BranchSpec(is_protected=True)), FieldMask(paths=["spec.is_protected"]))
+    op = w.postgres.update_branch(
+        branch.name, Branch(spec=BranchSpec(is_protected=True)), FieldMask(paths=["spec.is_protected"])
+    )
     assert finish(w, op.name()).error is None
     assert w.postgres.get_branch(branch.name).status.is_protected is True  # type: ignore[union-attr]
     with pytest.raises(BadRequest, match="not updatable"):
-        w.postgres.update_branch(branch.name, Branch(spec=BranchSpec()), FieldMask(paths=["spec.source_branch"]))
+        w.postgres.update_branch(
+            branch.name, Branch(spec=BranchSpec()), FieldMask(paths=["spec.source_branch"])
+        )
 
 
 def test_tls_is_required(emu: LakebaseEmulator, w: WorkspaceClient) -> None:
@@ -223,7 +247,9 @@ def test_tls_is_required(emu: LakebaseEmulator, w: WorkspaceClient) -> None:
     fields = raw_login(endpoint.status.hosts.host, 5432, user=emu.user_name, password=token, tls=False)
     assert (fields["C"], fields["M"]) == ("28000", "SSL/TLS required")
     with pytest.raises(psycopg.OperationalError, match="SSL/TLS required"):
-        psycopg.connect(host=endpoint.status.hosts.host, user=emu.user_name, password=token, sslmode="disable")
+        psycopg.connect(
+            host=endpoint.status.hosts.host, user=emu.user_name, password=token, sslmode="disable"
+        )
 
 
 def test_missing_apis_answer_501(emu: LakebaseEmulator, w: WorkspaceClient) -> None:
@@ -271,13 +297,15 @@ def test_older_behaviours_behind_switches(monkeypatch: pytest.MonkeyPatch, tmp_p
             made.append(Endpoint.from_dict(op.response or {}))
         assert all(e.status and e.status.hosts and e.status.hosts.host == "127.0.0.1" for e in made)
         token = w.postgres.generate_database_credential(endpoint=f"{made[0].name}").token
-        params = {"host": "127.0.0.1", "port": emu.pg_port, "user": emu.user_name, "password": token}
-        params["dbname"] = "databricks_postgres"
-        with psycopg.connect(**params, sslmode="disable", autocommit=True) as conn:
+        params: dict[str, Any] = {"host": "127.0.0.1", "port": emu.pg_port, "user": emu.user_name}
+        params.update(password=token, dbname="databricks_postgres", sslmode="disable")
+        with psycopg.connect(**params, autocommit=True) as conn:
             conn.execute("CREATE TABLE on_parent (id int)")
-        with psycopg.connect(**params, options=f"endpoint={made[1].uid}", sslmode="disable") as conn:
+        with psycopg.connect(**params, options=f"endpoint={made[1].uid}") as conn:
             assert conn.execute("SELECT to_regclass('on_parent')").fetchone() == (None,)
-        op = finish(w, w.postgres.create_branch("projects/old", Branch(spec=BranchSpec(ttl=hour())), "over").name())
+        op = finish(
+            w, w.postgres.create_branch("projects/old", Branch(spec=BranchSpec(ttl=hour())), "over").name()
+        )
         assert op.error is not None and op.error.error_code is not None
         assert op.error.error_code.value == "RESOURCE_EXHAUSTED"
         assert finish(w, w.postgres.delete_branch(child).name()).error is None

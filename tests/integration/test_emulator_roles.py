@@ -94,7 +94,7 @@ def test_each_branch_sees_only_its_own_databases(emu: LakebaseEmulator, ci: Work
     with connect(emu, ci, a.name) as conn:
         conn.execute("CREATE DATABASE after_the_fork")
 
-    def databases(branch: str) -> set[str]:
+    def databases(branch: str | None) -> set[str]:
         with connect(emu, ci, branch) as conn:
             return {row[0] for row in conn.execute("SELECT datname FROM pg_database").fetchall()}
 
@@ -120,7 +120,11 @@ def test_tokens_are_scoped_to_identity_and_project(
     token = ci.postgres.generate_database_credential(endpoint=f"{on_branch.name}").token
     assert token
     with psycopg.connect(
-        host=production.status.hosts.host, user=CI, password=token, dbname="databricks_postgres", sslmode="require"
+        host=production.status.hosts.host,
+        user=CI,
+        password=token,
+        dbname="databricks_postgres",
+        sslmode="require",
     ) as conn:
         assert fetch(conn, "SELECT current_user") == CI
     assert raw_login(on_branch.status.hosts.host, 5432, user=emu.user_name, password=token)["C"] == "28P01"
@@ -137,5 +141,5 @@ def test_roles_are_inherited_at_fork_time(emu: LakebaseEmulator, owner: Workspac
     newer = create_branch(late, ACME, "after-bot")
     with connect(emu, late, newer.name) as conn:
         assert fetch(conn, "SELECT current_user") == "late-bot@example.com"
-    with pytest.raises(psycopg.OperationalError, match="late-bot@example.com"):
+    with pytest.raises(psycopg.OperationalError, match=r"late-bot@example\.com"):
         connect(emu, late, older.name)

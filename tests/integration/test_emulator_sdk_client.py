@@ -61,7 +61,10 @@ def test_sdk_only_client(emulator: LakebaseEmulator) -> None:
         sslmode="require",
         autocommit=True,
     ) as conn:
-        assert conn.execute("SELECT current_user, current_database()").fetchone() == (user, "databricks_postgres")
+        assert conn.execute("SELECT current_user, current_database()").fetchone() == (
+            user,
+            "databricks_postgres",
+        )
         conn.execute("CREATE TABLE only_on_the_branch (id int)")
 
     production = w.postgres.get_endpoint("projects/demo/branches/production/endpoints/primary")
@@ -78,4 +81,6 @@ def test_sdk_only_client(emulator: LakebaseEmulator) -> None:
         assert conn.execute("SELECT to_regclass('only_on_the_branch')").fetchone() == (None,)
 
     w.postgres.delete_branch(f"{branch.name}").wait(timeout)
-    assert [b.name for b in w.postgres.list_branches("projects/demo")] == ["projects/demo/branches/production"]
+    assert [b.name for b in w.postgres.list_branches("projects/demo")] == [
+        "projects/demo/branches/production"
+    ]
