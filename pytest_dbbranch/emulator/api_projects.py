@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from typing import Any
 
 from .core import EmulatorCore, Request
@@ -16,7 +17,7 @@ def host_metadata(core: EmulatorCore, request: Request) -> dict[str, Any]:
 def me(core: EmulatorCore, request: Request) -> dict[str, Any]:
     name = request.identity or core.user_name
     return {
-        "id": str(abs(hash(name)) % 10**12),
+        "id": str(zlib.crc32(name.encode("utf-8"))),
         "userName": name,
         "displayName": name.split("@", 1)[0],
         "active": True,

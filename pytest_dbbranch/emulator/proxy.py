@@ -155,9 +155,9 @@ class PgProxy:
     def listen(self, host: str, port: int = 0) -> int:
         """Start accepting on (host, port); returns the port. Raises OSError when taken."""
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        # Not SO_REUSEADDR on a fixed port: two emulators must never share 127.0.0.N:5432.
-        if port == 0:
-            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Lets an address whose last sessions linger in TIME_WAIT be reused; on Linux it never
+        # lets two listeners share an address and port (that would take SO_REUSEPORT).
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             listener.bind((host, port))
             listener.listen(128)

@@ -119,6 +119,7 @@ class LakebaseEmulator(EmulatorCore):
 
     def start(self) -> LakebaseEmulator:
         try:
+            self.pg_version = self.storage.major_version()
             self.proxy = PgProxy(
                 functools.partial(authorize, self),
                 tls=make_tls_context(),

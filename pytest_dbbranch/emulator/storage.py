@@ -59,6 +59,8 @@ class Storage(Protocol):
 
     def target(self, handle: str, identity: str, database: str) -> Target: ...
 
+    def major_version(self) -> int: ...
+
     def close(self) -> None: ...
 
 
@@ -103,6 +105,11 @@ class ClusterStorage:
 
     def target(self, handle: str, identity: str, database: str) -> Target:
         return Target(self._get(handle).address(identity, database), database)
+
+    def major_version(self) -> int:
+        from ..server.embedded import server_major
+
+        return server_major(self.clusters.bindir)
 
     def close(self) -> None:
         self.clusters.close()
@@ -152,6 +159,10 @@ class DatabaseStorage:
         if database.startswith("lb_") or database == handle:
             raise Refused("3D000", f'database "{database}" does not exist')
         return Target(self.backing, database)
+
+    def major_version(self) -> int:
+        with self.databases.admin() as conn:
+            return conn.info.server_version // 10000
 
     def close(self) -> None:
         with contextlib.suppress(psycopg.Error):

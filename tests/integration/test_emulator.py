@@ -121,6 +121,7 @@ def test_identity_project_and_not_found(w: WorkspaceClient, emu: LakebaseEmulato
     assert w.current_user.me().user_name == emu.user_name
     project = w.postgres.get_project(PROJECT)
     assert project.status is not None and project.status.default_branch == PRODUCTION
+    assert project.status.pg_version is not None and project.status.pg_version >= 15
     production = w.postgres.get_branch(PRODUCTION)
     assert production.status is not None
     assert production.status.default is True and production.status.is_protected is False

@@ -310,3 +310,20 @@ def test_older_behaviours_behind_switches(monkeypatch: pytest.MonkeyPatch, tmp_p
         assert op.error.error_code.value == "RESOURCE_EXHAUSTED"
         assert finish(w, w.postgres.delete_branch(child).name()).error is None
         assert child not in [b.name for b in w.postgres.list_branches("projects/old", show_deleted=True)]
+
+
+def test_refuse_only_adding_an_expiry_to_a_parent(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The other reading of the unverified rule: children under an expiring branch are fine,
+    but a branch that has children cannot be given an expiration."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with LakebaseEmulator(timing="fast", ttl_with_children="refuse-ttl") as emu:
+        emu.create_project("rules")
+        w = client(emu)
+        expiring = create_branch(w, "projects/rules", "expiring", ttl=hour()).name
+        create_branch(w, "projects/rules", "kid", ttl=hour(), source_branch=expiring)
+        lasting = create_branch(w, "projects/rules", "lasting").name
+        create_branch(w, "projects/rules", "its-kid", ttl=hour(), source_branch=lasting)
+        with pytest.raises(BadRequest, match="child branches and cannot have an expiration"):
+            w.postgres.update_branch(
+                f"{lasting}", Branch(spec=BranchSpec(ttl=hour())), FieldMask(paths=["spec.ttl"])
+            )
