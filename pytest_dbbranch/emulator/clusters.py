@@ -48,6 +48,8 @@ SETTINGS = {
     "max_connections": "50",
     "max_wal_senders": "4",
     "max_worker_processes": "4",
+    "min_wal_size": "2MB",
+    "max_wal_size": "32MB",
     "fsync": "off",
     "synchronous_commit": "off",
     "autovacuum": "off",
@@ -133,7 +135,8 @@ class Clusters:
                 cluster.home.mkdir()
                 self._chown(cluster.home)
                 argv = [str(self.bindir / "initdb"), "-D", str(cluster.data), "-U", ADMIN, "--auth=trust"]
-                self._run([*argv, "-E", "UTF8", "--locale=C", "-N"], "initdb")
+                # 1 MB WAL segments: a fresh cluster and each fork copy ~25 MB instead of ~40.
+                self._run([*argv, "-E", "UTF8", "--locale=C", "-N", "--wal-segsize=1"], "initdb")
                 self.start(cluster)
                 try:
                     self._bootstrap(cluster)

@@ -38,7 +38,7 @@ def emu() -> Iterator[LakebaseEmulator]:
         compute_start_delay=0.4,
         suspend_timeout=1.0,
         cold_start_delay=0.3,
-        credential_lifetime=2.0,
+        credential_lifetime=1.5,
         branch_limit=4,
     ) as emulator:
         yield emulator
@@ -107,7 +107,7 @@ def test_tokens_expire_at_login_with_28p01(emu: LakebaseEmulator, w: WorkspaceCl
     credential = w.postgres.generate_database_credential(endpoint=f"{endpoint.name}")
     assert credential.token and credential.expire_time
     lifetime = credential.expire_time.ToDatetime(tzinfo=UTC) - datetime.now(UTC)
-    assert timedelta(seconds=1) < lifetime <= timedelta(seconds=2)
+    assert timedelta(seconds=1) < lifetime <= timedelta(seconds=1.5)
     session = psycopg.connect(
         host=host,
         user=emu.user_name,
@@ -115,7 +115,7 @@ def test_tokens_expire_at_login_with_28p01(emu: LakebaseEmulator, w: WorkspaceCl
         dbname="databricks_postgres",
         sslmode="require",
     )
-    session.execute("SELECT pg_sleep(2.1)")  # a running query keeps the compute from suspending
+    session.execute("SELECT pg_sleep(1.6)")  # a running query keeps the compute from suspending
     fields = raw_login(host, 5432, user=emu.user_name, password=credential.token)
     assert (fields["C"], fields["M"]) == (
         "28P01",
