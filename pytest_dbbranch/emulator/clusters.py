@@ -55,7 +55,8 @@ SETTINGS = {
     "autovacuum": "off",
     "log_min_messages": "warning",
     "log_checkpoints": "off",
-    "dynamic_shared_memory_type": "posix",
+    # Segments in the data folder, removed with it (posix ones outlive an immediate stop).
+    "dynamic_shared_memory_type": "mmap",
 }
 MIN_SHM_FREE = 512 * 1024 * 1024
 
