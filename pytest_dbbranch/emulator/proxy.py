@@ -4,8 +4,8 @@ Real Lakebase takes a short-lived OAuth token as the password, insists on TLS an
 session to the branch's compute. A suite that runs against the emulator has to go through that
 same login (token as password, ``sslmode=require``, expiry enforced at login only), or it would
 pass offline and fail on the real service. So the proxy finishes the client's handshake itself,
-asks an ``Authenticator`` which backing database the token leads to, and only then opens a plain
-session on the branch's server and relays bytes untouched. Each endpoint has its own local
+asks an ``Authenticator`` where the session goes (which branch's server, as which role), and
+only then opens a plain session there and relays bytes untouched. Each endpoint has its own local
 address (127.0.0.N:5432), and the address a session arrives on says which endpoint it wants.
 
 One thread per client connection: it does the login here, then hands both sockets to ``relay``.

@@ -38,9 +38,6 @@ class Refused(Exception):
 
 
 class Storage(Protocol):
-    #: Whether sessions run as the identity's own role (not a superuser).
-    own_roles: bool
-
     def create_root(
         self, project_id: str, source: ServerAddress | None, source_database: str | None
     ) -> str: ...
@@ -65,7 +62,7 @@ class Storage(Protocol):
 
 
 class ClusterStorage:
-    own_roles = True
+    """Sessions log in as the identity's own role, on the branch's own cluster."""
 
     def __init__(self, base: Path | None, owner: str, instance: str) -> None:
         self.clusters = Clusters(base, owner, instance)
@@ -116,7 +113,7 @@ class ClusterStorage:
 
 
 class DatabaseStorage:
-    own_roles = False
+    """Sessions log in as the backing server's superuser, on the branch's backing database."""
 
     def __init__(self, backing: ServerAddress, instance: str) -> None:
         self.backing = backing
