@@ -41,6 +41,8 @@ _ROUTE_TABLE: list[tuple[str, str, str, Handler]] = [
     ("POST", _PROJECT + "/branches", "create_branch", api_branches.create_branch),
     ("GET", _BRANCH, "get_branch", api_branches.get_branch),
     ("DELETE", _BRANCH, "delete_branch", api_branches.delete_branch),
+    ("PATCH", _BRANCH, "update_branch", api_branches.update_branch),
+    ("POST", _BRANCH + "/undelete", "undelete_branch", api_branches.undelete_branch),
     ("GET", _BRANCH + "/endpoints", "list_endpoints", api_endpoints.list_endpoints),
     ("POST", _BRANCH + "/endpoints", "create_endpoint", api_endpoints.create_endpoint),
     ("GET", _BRANCH + "/endpoints/*", "get_endpoint", api_endpoints.get_endpoint),
@@ -88,17 +90,22 @@ def dispatch(core: EmulatorCore, method: str, target: str, headers: Any, raw_bod
         if not fault.operation_error:
             fault = None
     try:
-        _check_auth(core, headers)
+        identity = _check_auth(core, headers)
         if route is None:
-            raise ApiError(404, "NOT_FOUND", f"no API at {method} {path}")
+            # The service has more API than the emulator: say "not implemented", not "no such
+            # object", or a client would take a missing feature for a missing branch.
+            raise ApiError(
+                501, "NOT_IMPLEMENTED", f"the Lakebase emulator does not implement {method} {path}"
+            )
         _kind, handler, params = route
         query = {key: values[-1] for key, values in parse_qs(parts.query, keep_blank_values=True).items()}
-        return Reply(200, handler(core, Request(params, query, json_body(raw_body), fault)))
+        request = Request(params, query, json_body(raw_body), fault, identity)
+        return Reply(200, handler(core, request))
     except ApiError as error:
         return Reply(error.status, {"error_code": error.error_code, "message": error.message})
     except Exception as exc:
         logger.exception("emulator failed on %s %s", method, path)
-        message = core.backing.redact(f"{type(exc).__name__}: {exc}")
+        message = core.redact(f"{type(exc).__name__}: {exc}")
         return Reply(500, {"error_code": "INTERNAL_ERROR", "message": message})
 
 
@@ -113,12 +120,16 @@ def _take_fault(core: EmulatorCore, method: str, target: str, kind: str) -> Faul
     return None
 
 
-def _check_auth(core: EmulatorCore, headers: Any) -> None:
+def _check_auth(core: EmulatorCore, headers: Any) -> str:
+    """The identity the personal access token belongs to."""
     header = str(headers.get("Authorization") or "")
     if not header.startswith("Bearer "):
         raise ApiError(401, "UNAUTHENTICATED", "Missing credentials: send 'Authorization: Bearer <token>'")
-    if not secrets.compare_digest(header[7:].strip().encode(), core.token.encode()):
-        raise ApiError(401, "UNAUTHENTICATED", "Invalid access token.")
+    offered = header[7:].strip().encode()
     with core.lock:
         if core.revoked is not None:
             raise ApiError(401, "UNAUTHENTICATED", core.revoked)
+        for pat, identity in core.identities.items():
+            if secrets.compare_digest(offered, pat.encode()):
+                return identity
+    raise ApiError(401, "UNAUTHENTICATED", "Invalid access token.")

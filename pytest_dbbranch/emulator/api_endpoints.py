@@ -74,7 +74,8 @@ def create_endpoint(core: EmulatorCore, request: Request) -> dict[str, Any]:
 
     def work() -> Callable[[], dict[str, Any]]:
         def commit() -> dict[str, Any]:
-            endpoint.state, endpoint.updated = "ACTIVE", now()
+            endpoint.updated = now()
+            core.bring_up(branch, endpoint)
             return endpoint_json(branch, endpoint)
 
         return commit
@@ -87,10 +88,17 @@ def delete_endpoint(core: EmulatorCore, request: Request) -> dict[str, Any]:
     with core.lock:
         project = core.lookup_project(request.params[0])
         branch, endpoint = core.lookup_endpoint(*request.params)
+        if branch.protected:
+            raise ApiError(
+                400,
+                "FAILED_PRECONDITION",
+                f"the computes of protected branch {branch.name} cannot be deleted",
+            )
         op = core.new_operation(project, "delete_endpoint")
 
     def work() -> Callable[[], dict[str, Any]]:
         def commit() -> dict[str, Any]:
+            core.shut_down(branch, endpoint)
             branch.endpoints.pop(endpoint.endpoint_id, None)
             return {}
 
@@ -111,7 +119,7 @@ def generate_credential(core: EmulatorCore, request: Request) -> dict[str, Any]:
             f"got {endpoint_name!r}",
         )
     issued = now()
-    lifetime = timedelta(seconds=core.credential_lifetime)
+    lifetime = timedelta(seconds=core.behaviour.credential_lifetime)
     if request.body.get("ttl") is not None:
         lifetime = parse_api_duration(request.body["ttl"], "ttl")
     elif request.body.get("expire_time") is not None:
@@ -125,5 +133,5 @@ def generate_credential(core: EmulatorCore, request: Request) -> dict[str, Any]:
         core.lookup_endpoint(project_id, branch_id, endpoint_id)
         token = secrets.token_urlsafe(32)
         expires = issued + lifetime
-        core.credentials[token] = Credential(project_id, branch_id, endpoint_id, expires)
+        core.credentials[token] = Credential(project_id, request.identity, (branch_id, endpoint_id), expires)
     return {"token": token, "expire_time": format_time(expires)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from typing import Any
 
 from .core import EmulatorCore, Request
@@ -14,12 +15,13 @@ def host_metadata(core: EmulatorCore, request: Request) -> dict[str, Any]:
 
 
 def me(core: EmulatorCore, request: Request) -> dict[str, Any]:
+    name = request.identity or core.user_name
     return {
-        "id": "1",
-        "userName": core.user_name,
-        "displayName": core.user_name.split("@", 1)[0],
+        "id": str(zlib.crc32(name.encode("utf-8"))),
+        "userName": name,
+        "displayName": name.split("@", 1)[0],
         "active": True,
-        "emails": [{"value": core.user_name, "primary": True, "type": "work"}],
+        "emails": [{"value": name, "primary": True, "type": "work"}],
     }
 
 

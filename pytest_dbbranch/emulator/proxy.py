@@ -4,8 +4,9 @@ Real Lakebase takes a short-lived OAuth token as the password, insists on TLS an
 session to the branch's compute. A suite that runs against the emulator has to go through that
 same login (token as password, ``sslmode=require``, expiry enforced at login only), or it would
 pass offline and fail on the real service. So the proxy finishes the client's handshake itself,
-asks an ``Authenticator`` which backing database the token leads to, and only then opens a plain
-session on the backing server and relays bytes untouched.
+asks an ``Authenticator`` where the session goes (which branch's server, as which role), and
+only then opens a plain session there and relays bytes untouched. Each endpoint has its own local
+address (127.0.0.N:5432), and the address a session arrives on says which endpoint it wants.
 
 One thread per client connection: it does the login here, then hands both sockets to ``relay``.
 """
@@ -16,11 +17,14 @@ import contextlib
 import getpass
 import hashlib
 import logging
+import select
 import socket
 import ssl
 import struct
 import threading
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..conninfo import ServerAddress
@@ -39,6 +43,7 @@ from .pgwire import (
 )
 from .relay import POLL_SECONDS, relay
 from .scram import ScramClient
+from .storage import Target
 
 logger = logging.getLogger(__name__)
 
@@ -53,8 +58,28 @@ class ProxyRefusal(Exception):
         self.detail = detail
 
 
-#: (user, database, password) -> name of the backing database; raises ProxyRefusal.
-Authenticator = Callable[[str, str, str], str]
+@dataclass(frozen=True)
+class Login:
+    """What a client offered, and where it arrived: the local address picks the endpoint."""
+
+    user: str
+    database: str
+    password: str
+    local_host: str
+    options: str
+    tls: bool
+
+
+@dataclass(frozen=True)
+class Admission:
+    """Where the session goes, and the tag (the endpoint's name) used to find it again later."""
+
+    target: Target
+    tag: str
+
+
+#: Login -> Admission; raises ProxyRefusal.
+Authenticator = Callable[[Login], Admission]
 
 
 class _BackendRefused(Exception):
@@ -71,6 +96,15 @@ class _Connection:
     def __init__(self, client: socket.socket) -> None:
         self.client = client
         self.backend: socket.socket | None = None
+        self.tag = ""
+        self.cancel_key = b""
+        self.last_active = time.monotonic()
+        #: The client spoke last: a query is running, which keeps the compute awake.
+        self.waiting = False
+
+    def touch(self, from_client: bool) -> None:
+        self.last_active = time.monotonic()
+        self.waiting = from_client
 
     def shutdown(self) -> None:
         for sock in (self.client, self.backend):
@@ -92,51 +126,56 @@ class _Connection:
 
 
 class PgProxy:
-    """Listens on 127.0.0.1 and hands every authenticated session to a backing database."""
+    """Listens on any number of local addresses and hands each authenticated session to the
+    server its endpoint leads to."""
 
     def __init__(
         self,
-        backing: ServerAddress,
         authenticate: Authenticator,
         *,
-        port: int = 0,
         tls: ssl.SSLContext | None = None,
+        tls_required: bool = True,
         handshake_timeout: float = 10.0,
     ) -> None:
-        self._backing = backing
         self._authenticate = authenticate
-        self._requested_port = port
         self._tls = tls
+        self._tls_required = tls_required and tls is not None
         self._handshake_timeout = handshake_timeout
         self._stopping = threading.Event()
-        self._listener: socket.socket | None = None
         self._acceptor: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._listeners: dict[tuple[str, int], socket.socket] = {}
         self._live: dict[threading.Thread, _Connection] = {}
-
-    @property
-    def port(self) -> int:
-        if self._listener is None:
-            raise RuntimeError("the proxy is not started")
-        port: int = self._listener.getsockname()[1]
-        return port
+        self._cancel_keys: dict[bytes, Target] = {}
 
     @property
     def tls_enabled(self) -> bool:
         return self._tls is not None
 
-    def start(self) -> None:
+    def listen(self, host: str, port: int = 0) -> int:
+        """Start accepting on (host, port); returns the port. Raises OSError when taken."""
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # Lets an address whose last sessions linger in TIME_WAIT be reused; on Linux it never
+        # lets two listeners share an address and port (that would take SO_REUSEPORT).
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            listener.bind(("127.0.0.1", self._requested_port))
+            listener.bind((host, port))
             listener.listen(128)
         except OSError:
             listener.close()
             raise
-        # Accept wakes up regularly so stop() never depends on closing a socket under accept().
-        listener.settimeout(POLL_SECONDS)
-        self._listener = listener
+        bound: int = listener.getsockname()[1]
+        with self._lock:
+            self._listeners[(host, bound)] = listener
+        return bound
+
+    def unlisten(self, host: str, port: int) -> None:
+        with self._lock:
+            listener = self._listeners.pop((host, port), None)
+        if listener is not None:
+            listener.close()
+
+    def start(self) -> None:
         self._acceptor = threading.Thread(target=self._accept_loop, name="pgproxy-accept", daemon=True)
         self._acceptor.start()
 
@@ -145,36 +184,62 @@ class PgProxy:
         if self._acceptor is not None:
             self._acceptor.join()
             self._acceptor = None
-        if self._listener is not None:
-            self._listener.close()
         with self._lock:
-            live = list(self._live.items())
-        for _thread, connection in live:
-            connection.shutdown()
-        for thread, _connection in live:
+            listeners = list(self._listeners.values())
+            self._listeners.clear()
+        for listener in listeners:
+            listener.close()
+        self.cut(lambda tag: True)
+        with self._lock:
+            live = list(self._live)
+        for thread in live:
             thread.join(timeout=10)
+
+    def cut(self, which: Callable[[str], bool]) -> None:
+        """End the sessions whose tag matches: a deleted branch, a suspended compute."""
+        with self._lock:
+            doomed = [c for c in self._live.values() if which(c.tag)]
+        for connection in doomed:
+            connection.shutdown()
+
+    def last_activity(self) -> dict[str, float]:
+        """Per tag, the latest moment any of its sessions was busy (monotonic clock)."""
+        out: dict[str, float] = {}
+        moment = time.monotonic()
+        with self._lock:
+            for connection in self._live.values():
+                if connection.tag:
+                    last = moment if connection.waiting else connection.last_active
+                    out[connection.tag] = max(out.get(connection.tag, 0.0), last)
+        return out
 
     # -- accepting -------------------------------------------------------------------------
 
     def _accept_loop(self) -> None:
-        assert self._listener is not None
+        # One thread polls every listener, so adding or closing one needs no thread of its own.
         while not self._stopping.is_set():
-            try:
-                sock, _peer = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                if self._stopping.is_set():
-                    return
-                continue
-            _no_delay(sock)
-            connection = _Connection(sock)
-            thread = threading.Thread(
-                target=self._serve, args=(connection,), name="pgproxy-conn", daemon=True
-            )
             with self._lock:
-                self._live[thread] = connection
-            thread.start()
+                listeners = list(self._listeners.values())
+            if not listeners:
+                self._stopping.wait(POLL_SECONDS)
+                continue
+            try:
+                ready, _w, _x = select.select(listeners, [], [], POLL_SECONDS)
+            except (OSError, ValueError):
+                continue  # a listener was closed under us; take the new list
+            for listener in ready:
+                try:
+                    sock, _peer = listener.accept()
+                except OSError:
+                    continue
+                _no_delay(sock)
+                connection = _Connection(sock)
+                thread = threading.Thread(
+                    target=self._serve, args=(connection,), name="pgproxy-conn", daemon=True
+                )
+                with self._lock:
+                    self._live[thread] = connection
+                thread.start()
 
     def _serve(self, connection: _Connection) -> None:
         try:
@@ -185,11 +250,13 @@ class PgProxy:
             connection.close()
             with self._lock:
                 self._live.pop(threading.current_thread(), None)
+                self._cancel_keys.pop(connection.cancel_key, None)
 
     # -- one session -----------------------------------------------------------------------
 
     def _session(self, connection: _Connection) -> None:
         connection.client.settimeout(self._handshake_timeout)
+        local_host = str(connection.client.getsockname()[0])
         startup = self._negotiate(connection)
         if startup is None:
             return
@@ -200,6 +267,10 @@ class PgProxy:
                 error_response("0A000", f"unsupported frontend protocol {version >> 16}.{version & 0xFFFF}")
             )
             return
+        tls = isinstance(client, ssl.SSLSocket)
+        if self._tls_required and not tls:
+            client.sendall(error_response("28000", "SSL/TLS required", "Connect with sslmode=require."))
+            return
         user = params.get("user", "")
         database = params.get("database") or user
         client.sendall(encode_message(b"R", struct.pack("!I", 3)))
@@ -208,21 +279,26 @@ class PgProxy:
             client.sendall(error_response("08P01", "expected a password message"))
             return
         password = payload.split(b"\0", 1)[0].decode("utf-8", "replace")
+        login = Login(user, database, password, local_host, params.get("options", ""), tls)
         try:
-            target = self._authenticate(user, database, password)
+            admission = self._authenticate(login)
         except ProxyRefusal as refusal:
             client.sendall(error_response(refusal.sqlstate, refusal.message, refusal.detail))
             return
-        extra = {key: value for key, value in params.items() if key not in ("user", "database")}
+        connection.tag = admission.tag
+        # The endpoint option is ours (routing without SNI); the server would refuse it.
+        extra = {k: v for k, v in params.items() if k not in ("user", "database")}
+        if "endpoint=" in extra.get("options", ""):
+            extra.pop("options")
         try:
-            backend, pending = self._open_backend(connection, version, extra, target)
+            backend, pending = self._open_backend(connection, version, extra, admission.target)
         except ProxyRefusal as refusal:
             client.sendall(error_response(refusal.sqlstate, refusal.message, refusal.detail))
             return
         except _BackendRefused as refused:
             client.sendall(refused.raw)
             return
-        relay(client, backend, pending, self._stopping)
+        relay(client, backend, pending, self._stopping, connection.touch)
 
     def _negotiate(self, connection: _Connection) -> bytes | None:
         """Answer the encryption requests and return the StartupMessage (None: nothing to serve)."""
@@ -257,12 +333,16 @@ class PgProxy:
         raise ProtocolError("too many encryption requests")
 
     def _forward_cancel(self, packet: bytes) -> None:
-        """The key came from the backing server through us, so the backing server can honour it."""
-        with contextlib.suppress(OSError), self._connect_backing() as sock:
+        """The key came from a backing server through us; only that server can honour it."""
+        with self._lock:
+            target = self._cancel_keys.get(packet[8:])
+        if target is None:
+            return
+        with contextlib.suppress(OSError), self._connect(target.address) as sock:
             sock.sendall(packet)
 
-    def _connect_backing(self) -> socket.socket:
-        host, port = self._backing.host, self._backing.port or 5432
+    def _connect(self, address: ServerAddress) -> socket.socket:
+        host, port = address.host, address.port or 5432
         if host is None or host.startswith("/"):
             folder = host or next((d for d in ("/var/run/postgresql", "/tmp") if Path(d).is_dir()), "/tmp")
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -276,33 +356,42 @@ class PgProxy:
         return socket.create_connection((host, port), timeout=self._handshake_timeout)
 
     def _open_backend(
-        self, connection: _Connection, version: int, extra: dict[str, str], database: str
+        self, connection: _Connection, version: int, extra: dict[str, str], target: Target
     ) -> tuple[socket.socket, bytes]:
         """Log in to the backing server; returns the socket and the bytes owed to the client."""
+        address = target.address
         try:
-            sock = self._connect_backing()
+            sock = self._connect(address)
         except OSError as exc:
-            raise ProxyRefusal("08006", f"could not connect to the backing server: {exc}") from None
+            raise ProxyRefusal("08006", f"could not connect to the branch's server: {exc}") from None
         connection.backend = sock
         _no_delay(sock)
-        user = self._backing.user or getpass.getuser()
-        sock.sendall(startup_packet(version, {"user": user, "database": database, **extra}))
+        user = address.user or getpass.getuser()
+        sock.sendall(startup_packet(version, {"user": user, "database": target.database, **extra}))
         scram: ScramClient | None = None
         owed = bytearray()
+        authenticated = False
         while True:
             kind, body = read_message(sock)
             if kind == b"E":
-                raise _BackendRefused(encode_message(kind, body))
-            if kind in (b"v", b"N"):
+                raise _BackendRefused(bytes(owed) + encode_message(kind, body))
+            if authenticated or kind in (b"v", b"N"):
                 owed += encode_message(kind, body)
+                if kind == b"K":
+                    connection.cancel_key = body
+                    with self._lock:
+                        self._cancel_keys[body] = target
+                if kind == b"Z":
+                    return sock, bytes(owed)
                 continue
             if kind != b"R" or len(body) < 4:
                 raise ProtocolError(f"unexpected message {kind!r} from the backing server")
             (code,) = struct.unpack("!I", body[:4])
             if code == 0:
                 owed += encode_message(kind, body)
-                return sock, bytes(owed)
-            password = self._backing.password
+                authenticated = True
+                continue
+            password = address.password
             if password is None:
                 raise ProxyRefusal(
                     "28P01", "the backing server asks for a password but the backing address has none"

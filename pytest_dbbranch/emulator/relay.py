@@ -11,6 +11,7 @@ import selectors
 import socket
 import ssl
 import threading
+from collections.abc import Callable
 
 #: How long a loop waits before it looks at its stop flag again.
 POLL_SECONDS = 0.25
@@ -19,9 +20,16 @@ _CHUNK = 65536
 
 
 def relay(
-    client: socket.socket, backend: socket.socket, owed_to_client: bytes, stopping: threading.Event
+    client: socket.socket,
+    backend: socket.socket,
+    owed_to_client: bytes,
+    stopping: threading.Event,
+    touch: Callable[[bool], None] = lambda from_client: None,
 ) -> None:
-    """Until either side hangs up or ``stopping`` is set; ``owed_to_client`` goes out first."""
+    """Until either side hangs up or ``stopping`` is set; ``owed_to_client`` goes out first.
+
+    ``touch(from_client)`` is called whenever bytes arrive, so an idle compute can be told
+    from a busy one (a client that spoke last is waiting for an answer)."""
     client.setblocking(False)
     backend.setblocking(False)
     outgoing = {client: bytearray(owed_to_client), backend: bytearray()}
@@ -38,6 +46,8 @@ def relay(
                 _interest(selector, sock, wanted)
             for key, mask in selector.select(timeout=POLL_SECONDS):
                 sock = by_fd[key.fd]
+                if mask & selectors.EVENT_READ:
+                    touch(sock is client)
                 if mask & selectors.EVENT_WRITE and not _send_some(sock, outgoing[sock]):
                     return
                 if mask & selectors.EVENT_READ and not _receive(sock, outgoing[peer[sock]]):

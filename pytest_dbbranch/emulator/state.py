@@ -18,7 +18,16 @@ DATABASE_ID = "databricks-postgres"
 READ_WRITE = "ENDPOINT_TYPE_READ_WRITE"
 READ_ONLY = "ENDPOINT_TYPE_READ_ONLY"
 RESOURCE_ID = re.compile(r"^[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?$")
-OPERATION_KINDS = frozenset({"create_branch", "delete_branch", "create_endpoint", "delete_endpoint"})
+OPERATION_KINDS = frozenset(
+    {
+        "create_branch",
+        "delete_branch",
+        "update_branch",
+        "undelete_branch",
+        "create_endpoint",
+        "delete_endpoint",
+    }
+)
 
 
 @dataclass
@@ -68,6 +77,11 @@ class Endpoint:
     updated: datetime
     spec: dict[str, Any]
     state: str = "INIT"
+    #: Where clients reach it (127.0.0.N, or 127.0.0.1 with the single port); None while starting.
+    host: str | None = None
+    port: int = 0
+    #: Set when a login or a session last kept the compute busy (monotonic clock).
+    last_active: float = 0.0
 
 
 @dataclass
@@ -82,10 +96,12 @@ class Branch:
     protected: bool
     expire_at: datetime | None
     source_branch: str | None
-    database: str | None = None
+    #: The storage's name for the branch's data (a cluster, or a backing database).
+    handle: str | None = None
     state: str = "INIT"
     size: int = 0
     deleting: Operation | None = None
+    deleted_at: datetime | None = None
     endpoints: dict[str, Endpoint] = field(default_factory=dict)
 
     @property
@@ -94,7 +110,12 @@ class Branch:
 
     @property
     def usable(self) -> bool:
-        return self.state == "READY" and self.deleting is None
+        return self.state == "READY" and self.deleting is None and self.deleted_at is None
+
+    @property
+    def live(self) -> bool:
+        """Counts against the branch limit and as somebody's child: not soft-deleted."""
+        return self.deleted_at is None
 
 
 @dataclass
@@ -113,9 +134,14 @@ class Project:
 
 @dataclass
 class Credential:
+    """A database token: good for the project's endpoints, for one identity, until ``expires``.
+
+    ``endpoint`` (the one it was asked for) only routes sessions that arrive on the single
+    shared port without naming an endpoint."""
+
     project_id: str
-    branch_id: str
-    endpoint_id: str
+    identity: str
+    endpoint: tuple[str, str]
     expires: datetime
 
 
@@ -126,4 +152,4 @@ def primary_endpoint(now: datetime) -> Endpoint:
         "autoscaling_limit_max_cu": 1.0,
         "suspend_timeout_duration": "300s",
     }
-    return Endpoint("primary", "ep-" + secrets.token_hex(8), now, now, spec, "ACTIVE")
+    return Endpoint("primary", "ep-" + secrets.token_hex(8), now, now, spec)

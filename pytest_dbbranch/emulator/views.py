@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from typing import Any
 
 from .state import DATABASE_ID, POSTGRES_DATABASE, Branch, Endpoint, Project
 from .wire import format_time
+
+#: How long a soft-deleted branch could be undeleted (shown as purge_time, not enforced).
+SOFT_DELETE_RETENTION = timedelta(days=7)
 
 
 def project_json(project: Project, owner: str, pg_version: int) -> dict[str, Any]:
@@ -37,6 +41,9 @@ def branch_json(branch: Branch) -> dict[str, Any]:
     }
     if branch.deleting is not None:
         status["pending_state"] = "DELETED"
+    if branch.deleted_at is not None:
+        status["delete_time"] = format_time(branch.deleted_at)
+        status["purge_time"] = format_time(branch.deleted_at + SOFT_DELETE_RETENTION)
     if branch.expire_at is not None:
         status["expire_time"] = format_time(branch.expire_at)
     if branch.source_branch is not None:
@@ -62,8 +69,10 @@ def endpoint_json(branch: Branch, endpoint: Endpoint) -> dict[str, Any]:
         "endpoint_id": endpoint.endpoint_id,
         "endpoint_type": spec.get("endpoint_type"),
         "current_state": endpoint.state,
-        "hosts": {"host": "127.0.0.1"},
     }
+    if endpoint.host is not None:
+        # No host until the compute is up: clients must wait for it, as on the service.
+        status["hosts"] = {"host": endpoint.host}
     for key in (
         "autoscaling_limit_min_cu",
         "autoscaling_limit_max_cu",
