@@ -134,7 +134,7 @@ def emulator(embedded_server: ServerAddress) -> Iterator[LakebaseEmulator]:
         "CREATE TABLE customers (id int PRIMARY KEY, name text)",
         "INSERT INTO customers SELECT g, 'c' || g FROM generate_series(1, 50) g",
     )
-    emu = LakebaseEmulator(embedded_server, branch_limit=10, operation_delay=0.02)
+    emu = LakebaseEmulator(embedded_server, timing="fast", branch_limit=10)
     emu.start()
     emu.create_project(LAKEBASE_PROJECT, source_database=LAKEBASE_SOURCE)
     try:

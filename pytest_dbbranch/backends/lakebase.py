@@ -74,6 +74,9 @@ class LakebaseMark:
     role: Role
     run: str
     key: str = ""
+    #: Template branches of one project's migrations and source share it, whatever their
+    #: fingerprint: a newer ready one replaces the older ones.
+    group: str = ""
     ready: bool = False
     point: str = ""
     created: float = field(default_factory=time.time)

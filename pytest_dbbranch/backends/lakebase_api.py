@@ -236,11 +236,15 @@ class LakebaseApi:
         branches). Returns the branch as updated when waited for."""
         from databricks.sdk.common.types.fieldmask import FieldMask
         from databricks.sdk.service.postgres import Branch, BranchSpec
-        from google.protobuf.duration_pb2 import Duration
+        from google.protobuf.timestamp_pb2 import Timestamp
 
         name = self.branch_name(branch_id)
         what = f"extend the TTL of branch {name}"
-        body = Branch(name=name, spec=BranchSpec(ttl=Duration(seconds=max(1, int(ttl)))))
+        # An absolute expiry: whether an updated ``ttl`` counts from the branch's creation
+        # or from the update is not documented, a time is unambiguous.
+        stamp = Timestamp()
+        stamp.FromSeconds(int(time.time() + max(1.0, ttl)))
+        body = Branch(name=name, spec=BranchSpec(expire_time=stamp))
         mask = FieldMask(["spec.expiration"])  # type: ignore[no-untyped-call]
         started = time.monotonic()
         try:

@@ -54,7 +54,8 @@ def find_lakebase_garbage(run: LakebaseRun, *, older_than: float | None = None) 
         return alive[branch_id]
 
     garbage: list[LakebaseGarbage] = []
-    ready_by_key: dict[str, list[str]] = defaultdict(list)
+    #: Ready template branches by group: the newest replaces the others of its group.
+    ready_by_group: dict[str, list[tuple[float, str]]] = defaultdict(list)
     for branch in sorted(branches, key=lambda b: b.id):
         kind = names.generated_kind(branch.id)
         age = now - (branch.create_time or now)
@@ -68,22 +69,26 @@ def find_lakebase_garbage(run: LakebaseRun, *, older_than: float | None = None) 
             if not any(run_alive(r) for r in runs):
                 garbage.append(LakebaseGarbage(branch.id, "a test's branch whose run ended"))
         elif kind == "template-branch":
-            if children[branch.id]:
-                continue
             mark = _mark(run, branch.id)
+            if mark is not None and mark.ready:
+                ready_by_group[mark.group or mark.key].append((branch.create_time or now, branch.id))
+            if children[branch.id]:
+                continue  # runs or tests fork from it
             if mark is None or not mark.ready:
                 if not _held(run, branch.id, build_lock(branch.id)):
                     garbage.append(LakebaseGarbage(branch.id, "an unfinished build whose builder is gone"))
-                continue
-            if age > run.config.template_max_age:
+            elif age > run.config.template_max_age:
                 garbage.append(LakebaseGarbage(branch.id, "older than dbbranch_lakebase_template_max_age"))
             elif older_than is not None and age > older_than:
                 garbage.append(LakebaseGarbage(branch.id, f"older than {older_than:.0f}s"))
-            else:
-                ready_by_key[mark.key].append(branch.id)
-    for ids in ready_by_key.values():
-        # Names sort by the minute they copied the source: all but the newest are replaced.
-        garbage += [LakebaseGarbage(old, f"replaced by {ids[-1]}") for old in ids[:-1]]
+    chosen = {g.branch for g in garbage}
+    for ready in ready_by_group.values():
+        _, newest = max(ready)
+        garbage += [
+            LakebaseGarbage(old, f"replaced by {newest}")
+            for _, old in ready
+            if old != newest and not children[old] and old not in chosen
+        ]
     return garbage
 
 

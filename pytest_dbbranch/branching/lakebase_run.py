@@ -127,32 +127,35 @@ class LakebaseRun:
             return
         source_branch = lakebase_source(variants[0], self.config.database)[0]
         source = self.project.full(source_branch or self.project.default_branch)
-        key = self.key(variants, source)
-        template = self._template_branch(key, source, variants, build)
+        key, group = self.key(variants, source)
+        template = self._template_branch(key, group, source, variants, build)
         with self.progress.step(f"Lakebase: forking the run's branch {self.name} from {template}"):
             self.api.create_branch(self.name, source=self.project.full(template), ttl=self.config.run_ttl)
         self.template_branch = template
-        self.project.write_mark(self.name, LakebaseMark(role="run", run=self.run_id, key=key))
+        self.project.write_mark(self.name, LakebaseMark(role="run", run=self.run_id, key=key, group=group))
         self._started = True
         self._beat = threading.Thread(target=self._heartbeat, name="dbbranch-heartbeat", daemon=True)
         self._beat.start()
 
-    def key(self, variants: list[Settings], source: str) -> str:
-        """What decides a template branch's content: the source branch and the point read,
-        and the fingerprints of the templates inside (as the builder will compute them)."""
+    def key(self, variants: list[Settings], source: str) -> tuple[str, str]:
+        """What decides a template branch's content (the source branch and the point read,
+        and the fingerprints of the templates inside, as the builder will compute them), and
+        the group of branches that replace each other (the same without fingerprints)."""
         from .templates import TemplatePlan
 
         facts: Any = SimpleNamespace(
             server_version=self.project.server_version, role=self.project.user, source_point=""
         )
-        prints = sorted(
-            TemplatePlan(inner_settings(v, self.config.database), facts).fingerprint for v in variants
-        )
-        return names.short_hash("|".join([source, self.config.source_time or "now", *prints]), 12)
+        plans = [TemplatePlan(inner_settings(v, self.config.database), facts) for v in variants]
+        prints = sorted(p.fingerprint for p in plans)
+        groups = sorted({p.group for p in plans})
+        key = names.short_hash("|".join([source, self.config.source_time or "now", *prints]), 12)
+        return key, names.short_hash("|".join([source, *groups]), 12)
 
     def _template_branch(
         self,
         key: str,
+        group: str,
         source: str,
         variants: list[Settings],
         build: Callable[[PostgresBackend, list[Settings]], None],
@@ -164,7 +167,7 @@ class LakebaseRun:
                 self.progress.note(f"Lakebase: forking templates from {found}")
                 return found
             if not waiting:
-                built = self._build_template_branch(key, source, variants, build)
+                built = self._build_template_branch(key, group, source, variants, build)
                 if built is not None:
                     return built
             if time.monotonic() > deadline:
@@ -220,6 +223,7 @@ class LakebaseRun:
     def _build_template_branch(
         self,
         key: str,
+        group: str,
         source: str,
         variants: list[Settings],
         build: Callable[[PostgresBackend, list[Settings]], None],
@@ -238,7 +242,9 @@ class LakebaseRun:
                 return None
         try:
             point = info.source_branch_lsn or info.source_branch_time or self.config.source_time or ""
-            mark = LakebaseMark(role="template-branch", run=self.run_id, key=key, point=str(point))
+            mark = LakebaseMark(
+                role="template-branch", run=self.run_id, key=key, group=group, point=str(point)
+            )
             self.project.write_mark(name, mark)
             backend = self._backend_in(name)
             try:

@@ -54,7 +54,7 @@ def tls_relay(address: ServerAddress) -> Iterator[ServerAddress]:
 
     thread = threading.Thread(target=serve, name="dbbranch-tls-relay", daemon=True)
     thread.start()
-    options = tuple((k, v) for k, v in address.options if k != "sslmode") + (("sslmode", "disable"),)
+    options = (*((k, v) for k, v in address.options if k != "sslmode"), ("sslmode", "disable"))
     try:
         yield dataclasses.replace(address, host="127.0.0.1", port=listener.getsockname()[1], options=options)
     finally:

@@ -8,6 +8,7 @@ A run is one Lakebase branch forked from a template branch; tests get databases 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
@@ -23,7 +24,7 @@ from pytest_dbbranch.branching.manager import BranchManager
 from pytest_dbbranch.emulator import LakebaseEmulator
 from pytest_dbbranch.settings import Settings, resolve
 from tests.helpers import AlembicProject
-from tests.integration.support import MakeManager
+from tests.integration.support import MakeManager, wait_for
 
 PROJECT = "demo"
 CI = "ci-bot@example.com"
@@ -53,7 +54,7 @@ def api_calls(emulator: LakebaseEmulator) -> int:
 
 
 def test_a_run_is_one_lakebase_branch_with_a_database_per_test(
-    make_manager: MakeManager, lakebase: Settings, emulator: LakebaseEmulator, alembic_project: AlembicProject
+    lakebase: Settings, emulator: LakebaseEmulator, alembic_project: AlembicProject, make_manager: MakeManager
 ) -> None:
     """The first run copies production into a template branch, migrates once and seals; the
     run forks its own branch from it (with a TTL), and its tests' branches are databases in
@@ -67,8 +68,8 @@ def test_a_run_is_one_lakebase_branch_with_a_database_per_test(
     [template_branch] = ours(emulator, "template-branch")
     assert run_branch["status"].get("expire_time") and not template_branch["status"].get("expire_time")
     before = api_calls(emulator)
-    for _ in range(3):
-        with manager.branch() as branch:
+    for i in range(3):
+        with manager.branch(node_id=f"test_{i}") as branch:
             conn = branch.connection
             assert conn.execute("SELECT count(*) FROM customers").fetchone() == (50,)
             assert conn.execute("SELECT count(*) FROM widgets").fetchone() == (1,)
@@ -81,7 +82,7 @@ def test_a_run_is_one_lakebase_branch_with_a_database_per_test(
             assert conn.pgconn.ssl_in_use
     assert api_calls(emulator) - before <= 1  # at most a credential renewal
     manager.close()
-    assert ours(emulator, "run") == []
+    wait_for(lambda: ours(emulator, "run") == [])  # purged, without waiting at the run's end
     assert len(ours(emulator, "template-branch")) == 1
     client = _sdk(emulator, emulator.token)
     with _connect_as_owner(emulator, client, "production") as conn:
@@ -90,7 +91,7 @@ def test_a_run_is_one_lakebase_branch_with_a_database_per_test(
 
 
 def test_the_next_run_and_a_concurrent_job_reuse_the_template_branch(
-    make_manager: MakeManager, lakebase: Settings, emulator: LakebaseEmulator, alembic_project: AlembicProject
+    lakebase: Settings, emulator: LakebaseEmulator, alembic_project: AlembicProject, make_manager: MakeManager
 ) -> None:
     """Two jobs started together build one template branch (the second waits for the
     first's); a later run migrates nothing. Each job has its own run branch."""
@@ -122,9 +123,9 @@ def test_the_next_run_and_a_concurrent_job_reuse_the_template_branch(
 
 
 def test_a_migration_change_makes_a_new_template_branch_and_gc_removes_the_old(
-    make_manager: MakeManager,
     lakebase: Settings,
     emulator: LakebaseEmulator,
+    make_manager: MakeManager,
     alembic_project: AlembicProject,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -132,7 +133,10 @@ def test_a_migration_change_makes_a_new_template_branch_and_gc_removes_the_old(
     goes at the next gc once nothing forks from it. A run's branch whose processes died
     (its run lock free) goes too, while a live run's stays."""
     monkeypatch.setattr(lakebase_gc, "MARK_GRACE", 0.0)
-    make_manager(base=lakebase).template()
+    first = make_manager(base=lakebase)
+    first.template()
+    first.close()
+    wait_for(lambda: ours(emulator, "run") == [])
     alembic_project.add("r3", "r2", "ALTER TABLE widgets ADD COLUMN colour text")
     live = make_manager(base=lakebase)
     live.template()
@@ -150,28 +154,30 @@ def test_a_migration_change_makes_a_new_template_branch_and_gc_removes_the_old(
     reasons = {g.branch: g.reason for g in garbage}
     assert dead_branch in reasons and "no process holds its run lock" in reasons[dead_branch]
     assert live.lakebase().name not in reasons
-    assert any("replaced by" in r for r in reasons.values())
+    assert any("replaced by" in r for r in reasons.values()), reasons
     assert collect_lakebase(live.lakebase(), garbage) == []
-    assert [b["name"].rsplit("/", 1)[-1] for b in ours(emulator, "run")] == [live.lakebase().name]
-    assert len(ours(emulator, "template-branch")) == 1
+    wait_for(lambda: [b["branch_id"] for b in ours(emulator, "run")] == [live.lakebase().name])
+    wait_for(lambda: len(ours(emulator, "template-branch")) == 1)
     with live.branch() as branch:
         assert branch.connection.execute("SELECT colour FROM widgets").fetchall() == [(None,)]
 
 
 def test_credentials_of_four_seconds_in_every_isolation_mode(
-    make_manager: MakeManager,
     lakebase: Settings,
     emulator: LakebaseEmulator,
+    make_manager: MakeManager,
 ) -> None:
     """Tokens that expire every 4 s: connections opened long after a branch was made, a
     SQLAlchemy pool that opens new connections, rollback isolation's shared connection and
     a test's own Lakebase branch all log in, because each login asks for a fresh token."""
-    emulator.set_credential_lifetime(4.0)
+    emulator.behaviour = dataclasses.replace(emulator.behaviour, credential_lifetime=4.0)
     manager = make_manager(base=lakebase)
     for isolation in ("branch", "rollback", "lakebase_branch"):
         settings = lakebase.with_overrides("test", isolation=isolation)
-        with manager.branch(settings) as branch:
-            engine = branch.engine(pool_size=1, max_overflow=0, pool_recycle=1)
+        with manager.branch(settings, node_id=isolation) as branch:
+            # Rollback isolation's engine is the test's one connection; the others pool.
+            pooled = {} if isolation == "rollback" else {"pool_size": 1, "max_overflow": 0, "pool_recycle": 1}
+            engine = branch.engine(**pooled)
             with engine.connect() as conn:
                 assert conn.exec_driver_sql("SELECT count(*) FROM widgets").scalar() == 1
             time.sleep(5.0)
@@ -183,7 +189,7 @@ def test_credentials_of_four_seconds_in_every_isolation_mode(
 
 
 def test_a_tests_own_lakebase_branch(
-    make_manager: MakeManager, lakebase: Settings, emulator: LakebaseEmulator
+    lakebase: Settings, emulator: LakebaseEmulator, make_manager: MakeManager
 ) -> None:
     """isolation lakebase_branch: a Lakebase branch of its own with the short TTL, forked
     from the template branch (no TTL on a parent), deleted at teardown."""
@@ -194,11 +200,11 @@ def test_a_tests_own_lakebase_branch(
         parent = own["status"].get("source_branch", "").rsplit("/", 1)[-1]
         assert names.generated_kind(parent) == "template-branch"
         assert branch.connection.execute("SELECT count(*) FROM widgets").fetchone() == (1,)
-    assert ours(emulator, "branch") == []
+    wait_for(lambda: ours(emulator, "branch") == [])
 
 
 def test_the_heartbeat_extends_the_run_branch(
-    make_manager: MakeManager, lakebase: Settings, emulator: LakebaseEmulator
+    lakebase: Settings, emulator: LakebaseEmulator, make_manager: MakeManager
 ) -> None:
     """A run longer than its TTL keeps its branch: the heartbeat pushes the expiry on."""
     manager = make_manager(base=lakebase, lakebase_run_ttl=12)
