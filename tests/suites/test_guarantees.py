@@ -17,6 +17,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from pytest_dbbranch import names
 from pytest_dbbranch.conninfo import ServerAddress
 from pytest_dbbranch.emulator import LakebaseEmulator
 from pytest_dbbranch.server.embedded import EmbeddedServer
@@ -117,10 +118,10 @@ def test_source_branch_untouched_on_the_emulator(
             monkeypatch.delenv(key)
     monkeypatch.setenv("HOME", str(tmp_path))
     url = embedded_server.url()
-    with LakebaseEmulator(embedded_server, operation_delay=0.01) as emu:
+    with LakebaseEmulator(embedded_server, timing="fast") as emu:
         emu.create_project("inventory", source_database=production)
-        backing = emu.database_of("inventory", "production")
-        before = contents(url, backing)
+        ci_token = emu.add_identity("ci-bot@example.com")
+        before = _production_contents(emu, "inventory")
         copy_example(pytester.path)
         result = run_inner(
             pytester,
@@ -131,7 +132,7 @@ def test_source_branch_untouched_on_the_emulator(
             "dbbranch_models=inventory.models:metadata",
             "--dbbranch-schema-diff=out/schema.md",
             DATABRICKS_HOST=emu.url,
-            DATABRICKS_TOKEN=emu.token,
+            DATABRICKS_TOKEN=ci_token,
             DBBRANCH_LAKEBASE_PROJECT="inventory",
             DBBRANCH_LAKEBASE_PORT=str(emu.pg_port),
             DBBRANCH_SOURCE="production",
@@ -139,9 +140,36 @@ def test_source_branch_untouched_on_the_emulator(
         assert result.ret == 0, result.stdout.str()
         assert check_outcomes(result) == dict.fromkeys(ALL_CHECKS, "PASSED")
         assert (pytester.path / "out" / "schema.md").read_text().strip() == readme_example_diff().strip()
-        assert contents(url, backing) == before
-        assert [b["name"] for b in emu.branches("inventory") if "/dbb-" in b["name"]] == []
+        assert _production_contents(emu, "inventory") == before
+        kinds = [names.generated_kind(b["branch_id"]) for b in emu.branches("inventory")]
+        assert "branch" not in kinds and "run" not in kinds
     assert contents(url, production)[1] == before[1]
+
+
+def _production_contents(emu: LakebaseEmulator, project: str) -> tuple[bytes, dict[str, str]]:
+    """Production's dump and rows as its owner reads them (pg_dump through the plugin's TLS
+    relay: the embedded client programs have no SSL)."""
+    from pytest_dbbranch.branching.tls_relay import tls_relay
+
+    with tls_relay(ServerAddress.parse(_owner_url(emu, project))) as local:
+        return contents(local.url(), "databricks_postgres")
+
+
+def _owner_url(emu: LakebaseEmulator, project: str) -> str:
+    """Production as its owner sees it: the endpoint's host, a fresh credential."""
+    from databricks.sdk import WorkspaceClient
+
+    client = WorkspaceClient(host=emu.url, token=emu.token)
+    endpoint = client.postgres.get_endpoint(f"projects/{project}/branches/production/endpoints/primary")
+    token = client.postgres.generate_database_credential(endpoint=endpoint.name).token
+    return ServerAddress(
+        host=endpoint.status.hosts.host,
+        port=emu.pg_port,
+        user=emu.user_name,
+        password=token,
+        dbname="databricks_postgres",
+        options=(("sslmode", "require"),),
+    ).url()
 
 
 # -- 2. crash safety -----------------------------------------------------------------------
