@@ -684,3 +684,12 @@ def test_override_of_alembic_ini_resolves_against_root(tmp_path: Path) -> None:
     settings = resolve(root=tmp_path).with_overrides(MARKER_WHERE, alembic_ini="legacy/alembic.ini")
     assert settings.alembic_ini_path() == tmp_path / "legacy" / "alembic.ini"
     assert resolve(root=tmp_path).with_overrides(MARKER_WHERE, alembic_ini="none").alembic_ini_path() is None
+
+
+def test_the_readme_configuration_table_names_every_setting() -> None:
+    """A setting missing from the README's table is a setting nobody finds."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"`([a-z_]+)`", table))
+    missing = [spec.name for spec in SPECS if spec.name not in named]
+    assert missing == []
