@@ -244,3 +244,45 @@ def _connect_as_owner(emulator: LakebaseEmulator, client: Any, branch: str) -> p
         dbname="databricks_postgres",
         sslmode="require",
     )
+
+
+def test_a_template_branch_older_than_the_max_age_is_not_forked(
+    lakebase: Settings, emulator: LakebaseEmulator, alembic_project: AlembicProject, make_manager: MakeManager
+) -> None:
+    """Production moves on: a copy of it older than ``lakebase_template_max_age`` is not
+    forked again; the next run copies the source anew (and migrates once more)."""
+    first = make_manager(base=lakebase)
+    first.template()
+    first.close()
+    time.sleep(2.5)
+    second = make_manager(base=lakebase, lakebase_template_max_age=2)
+    second.template()
+    assert alembic_project.runs == 2
+    assert len(ours(emulator, "template-branch")) == 2
+
+
+def test_the_command_line_lists_collects_and_checks(
+    lakebase: Settings,
+    emulator: LakebaseEmulator,
+    make_manager: MakeManager,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``dbbranch list`` shows the run's and the template branch, ``dbbranch gc`` leaves a
+    live run alone, ``dbbranch lakebase doctor`` passes on the emulator and cleans up."""
+    import json
+
+    from pytest_dbbranch import cli
+
+    monkeypatch.chdir(lakebase.root)
+    manager = make_manager(base=lakebase)
+    manager.template()
+    assert cli.main(["list", "--json"]) == 0
+    kinds = sorted(row["kind"] for row in json.loads(capsys.readouterr().out))
+    assert kinds == ["run", "template-branch"]
+    assert cli.main(["gc", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["deleted"] == []
+    before = {b["branch_id"] for b in emulator.branches(PROJECT)}
+    assert cli.main(["lakebase", "doctor"]) == 0, capsys.readouterr().out
+    assert "PostgreSQL" in capsys.readouterr().out
+    wait_for(lambda: {b["branch_id"] for b in emulator.branches(PROJECT)} == before)
