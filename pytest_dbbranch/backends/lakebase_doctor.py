@@ -7,8 +7,11 @@ service's behaviour it could only infer (the implicit ``primary`` endpoint, who 
 first user with a workspace runs this once; the table answers those questions, with timings.
 
 Everything it creates (two branches, two or three databases inside them) is removed at the
-end, branches with ``purge``; the last row says whether that worked. Exit status: 1 if any
-check the plugin depends on failed; rows marked ``info`` only report what the service does.
+end, branches with ``purge``; the last row says whether that worked. Where the service
+refuses a child of a branch that expires, the first branch's expiry is removed to fork the
+second (the plugin's template/run pattern): it has no expiry until the clean-up. Exit
+status: 1 if any check the plugin depends on failed; rows marked ``info`` only report what
+the service does.
 """
 
 from __future__ import annotations
@@ -168,35 +171,113 @@ def _checks(doctor: _Doctor, source: str, schema_sql: str | None) -> None:
         doctor.run(f"CREATE DATABASE ... TEMPLATE {DATABASE}", lambda: _copy_default(doctor), required=False)
     doctor.run(f"COMMENT ON DATABASE {DATABASE}", lambda: _comment_default(doctor), required=False)
 
-    def child() -> tuple[str, str]:
-        doctor.made_branches.append(doctor.child)
-        branch = api.create_branch(doctor.child, source=doctor.parent, ttl=3600, adopt=False)
-        return INFO, f"allowed: {branch.name} (state {branch.state}) is a child of a branch with a TTL"
-
-    has_child = doctor.run("child of a branch with a TTL", child, required=False)
-
-    def extend_parent() -> tuple[str, str]:
-        branch = api.extend(doctor.parent, 7200)
-        expiry = branch.expire_time if branch else None
-        return INFO, f"allowed; expires in {_minutes(expiry)}" + (" (it has a child)" if has_child else "")
-
-    doctor.run("update TTL of a parent with a child", extend_parent, required=False)
-
-    def extend() -> tuple[str, str]:
-        target = doctor.child if has_child else doctor.parent
-        before = api.get_branch(target)
-        branch = api.extend(target, 5400)
-        after = branch.expire_time if branch else None
-        earlier = before.expire_time if before else None
-        if after is None or (earlier is not None and after <= earlier):
-            return FAIL, f"expiry did not move: {_minutes(earlier)} -> {_minutes(after)}"
-        return PASS, f"{target}: expires in {_minutes(earlier)} -> {_minutes(after)}"
-
-    doctor.run("update_branch extends the TTL", extend)
+    _ttl_rules(doctor)
     doctor.run(
         "refused create: duplicate id", lambda: _refused(doctor, doctor.parent, source), required=False
     )
     doctor.run("refused create: invalid id", lambda: _refused(doctor, "Invalid_ID", source), required=False)
+
+
+def _ttl_rules(doctor: _Doctor) -> None:
+    """What the service allows around expiries and children (the plugin forks its run
+    branches, with a TTL, from template branches without one), then whether update_branch
+    moves an expiry later, as the run's heartbeat does."""
+    api = doctor.api
+    outcome: dict[str, str] = {}
+
+    def make_child() -> None:
+        doctor.made_branches.append(doctor.child)
+        api.create_branch(doctor.child, source=doctor.parent, ttl=3600, adopt=False)
+
+    def child_of_ttl() -> tuple[str, str]:
+        try:
+            make_child()
+        except DbBranchError as exc:
+            if api.get_branch(doctor.child) is not None:
+                raise
+            doctor.made_branches.remove(doctor.child)
+            outcome["ttl-child"] = "refused"
+            return INFO, f"refused: {_reason(exc)}; the plugin's template branches have no expiry"
+        outcome["ttl-child"] = "allowed"
+        return INFO, f"allowed: {doctor.child} is a child of {doctor.parent}, which expires"
+
+    doctor.run("child of a branch with a TTL", child_of_ttl, required=False)
+
+    def child_of_no_expiry() -> tuple[str, str]:
+        if outcome.get("ttl-child") == "allowed":
+            return INFO, "not tried: the child of a branch with a TTL was allowed"
+        _remove_expiry(doctor, doctor.parent)
+        make_child()
+        outcome["no-expiry-child"] = "made"
+        return PASS, f"{doctor.child} (TTL 1 h) from {doctor.parent} once its expiry was removed"
+
+    doctor.run("child of a branch without expiry", child_of_no_expiry)
+    has_child = doctor.child in doctor.made_branches
+
+    def expiry_of_parent() -> tuple[str, str]:
+        if not has_child:
+            return INFO, "not tried: no child was made"
+        what = "extend its expiry" if outcome.get("ttl-child") == "allowed" else "add an expiry to it"
+        try:
+            branch = api.extend(doctor.parent, 7200)
+        except DbBranchError as exc:
+            return INFO, f"refused to {what}: {_reason(exc)}"
+        expiry = branch.expire_time if branch else None
+        return INFO, f"allowed to {what}; it expires in {_minutes(expiry)}"
+
+    doctor.run("expiry on a branch with children", expiry_of_parent, required=False)
+
+    def extend() -> tuple[str, str]:
+        # A branch with no children, so no rule about children gets in the way.
+        target = doctor.child if has_child else doctor.parent
+        before = api.get_branch(target)
+        earlier = before.expire_time if before else None
+        # Later than the current expiry, whatever it is: the heartbeat only moves it later.
+        ttl = max(5400.0, (earlier - time.time()) + 1800) if earlier is not None else 5400.0
+        wanted = time.time() + ttl
+        branch = api.extend(target, ttl)
+        after = branch.expire_time if branch else None
+        if after is None or (earlier is not None and after <= earlier):
+            return FAIL, f"expiry did not move later: {_minutes(earlier)} -> {_minutes(after)}"
+        if abs(after - wanted) > 120:
+            return FAIL, f"asked for an expiry in {_minutes(wanted)}, got {_minutes(after)}"
+        return PASS, f"{target}: expires in {_minutes(earlier)} -> {_minutes(after)}"
+
+    doctor.run("update_branch extends the TTL", extend)
+
+
+def _reason(exc: BaseException) -> str:
+    """The service's words inside one of our errors: '[400 CODE] message'."""
+    text = " ".join(str(exc).split())
+    start = text.find("([")
+    return text[start + 1 : text.rfind(")")] if start >= 0 else text
+
+
+def _remove_expiry(doctor: _Doctor, branch_id: str) -> None:
+    """``spec.no_expiry`` through update_branch, waited for (``LakebaseApi`` only ever sets
+    an expiry)."""
+    from databricks.sdk.common.types.fieldmask import FieldMask
+    from databricks.sdk.service.postgres import Branch, BranchSpec
+
+    api = doctor.api
+    name = api.branch_name(branch_id)
+    body = Branch(name=name, spec=BranchSpec(no_expiry=True))
+    mask = FieldMask(["spec.expiration"])  # type: ignore[no-untyped-call]
+    operation = api.client.postgres.update_branch(name=name, branch=body, update_mask=mask)
+    _wait_operation(doctor, operation.name(), f"remove the expiry of {name}")
+
+
+def _wait_operation(doctor: _Doctor, name: str, what: str) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        current = doctor.api.client.postgres.get_operation(name)
+        if current.done:
+            if current.error is not None:
+                code = getattr(current.error.error_code, "value", current.error.error_code)
+                raise DbBranchError(f"cannot {what}: [{code}] {current.error.message}")
+            return
+        time.sleep(0.2)
+    raise DbBranchError(f"cannot {what}: operation {name} not done after 120s")
 
 
 def _implicit_endpoint(doctor: _Doctor) -> tuple[str, str]:

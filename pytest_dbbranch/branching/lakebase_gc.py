@@ -59,7 +59,7 @@ def find_lakebase_garbage(run: LakebaseRun, *, older_than: float | None = None) 
     for branch in sorted(branches, key=lambda b: b.id):
         kind = names.generated_kind(branch.id)
         age = now - (branch.create_time or now)
-        if kind is None or branch.id == run.name or age < MARK_GRACE:
+        if kind is None or branch.id == run.name or age < MARK_GRACE or not branch.ready:
             continue
         if kind == "run":
             if not run_alive(branch.id):

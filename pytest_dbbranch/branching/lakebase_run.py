@@ -192,6 +192,10 @@ class LakebaseRun:
             age = now - (branch.create_time or now)
             if age > self.config.template_max_age:
                 continue
+            if not branch.ready:
+                # Still being created by another job: nothing to log in to yet.
+                waiting = waiting or age < self.config.timeout
+                continue
             mark = self.mark_of(branch.id)
             if mark is not None and mark.ready:
                 return branch.id, False

@@ -46,7 +46,8 @@ SETTINGS = {
     "listen_addresses": "",
     "shared_buffers": "16MB",
     "max_connections": "50",
-    "max_wal_senders": "4",
+    # One sender per fork of this branch at a time: CI jobs fork one parent together.
+    "max_wal_senders": "16",
     "max_worker_processes": "4",
     "min_wal_size": "2MB",
     "max_wal_size": "32MB",

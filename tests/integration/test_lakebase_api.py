@@ -9,8 +9,10 @@ Faults are injected in the emulator (``emulator.inject``); operation durations a
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +36,10 @@ PRODUCTION = f"projects/{PROJECT}/branches/production"
 
 @pytest.fixture
 def emulator(embedded_server: ServerAddress) -> Iterator[LakebaseEmulator]:
-    """The service's current behaviour: every branch gets a ``primary`` read-write endpoint."""
-    emu = LakebaseEmulator(embedded_server, auto_endpoint=True, operation_delay=0.02, branch_limit=10)
+    """The service's current behaviour (every branch gets a ``primary`` read-write endpoint
+    whose host appears 0.5 s after the branch is READY; the branch rules; the limit of 10),
+    with 0.02-s operations unless a test slows them with ``behave``."""
+    emu = LakebaseEmulator(embedded_server, timing="realistic", operation_delay=0.02, branch_limit=10)
     emu.start()
     emu.create_project(PROJECT)
     try:
@@ -62,6 +66,14 @@ def api(client: WorkspaceClient) -> LakebaseApi:
     api.backoff_base = 0.02
     api.seed_duration = 0.05  # the emulator's operations take 0.02 s unless a test slows them
     return api
+
+
+def behave(emulator: LakebaseEmulator, **changes: Any) -> None:
+    """Change the emulator's behaviour from now on (``operation_delay`` in seconds, or any
+    other ``Behaviour`` field); operations already started keep their duration."""
+    if isinstance(changes.get("operation_delay"), int | float):
+        changes["operation_delay"] = (float(changes["operation_delay"]),) * 2
+    emulator.behaviour = replace(emulator.behaviour, **changes)
 
 
 def wire_log(client: WorkspaceClient) -> list[str]:
@@ -157,27 +169,109 @@ def test_extend_of_a_gone_branch_says_so(api: LakebaseApi, emulator: LakebaseEmu
         assert "gone (expired or deleted)" in text
 
 
+def _life(api: LakebaseApi, emulator: LakebaseEmulator, branch_id: str, *, connect: bool) -> dict[str, int]:
+    """A branch's life as the plugin lives it: the calls it cost, by method."""
+    before = dict(api.calls)
+    api.create_branch(branch_id, source="production", ttl=600)
+    endpoint = api.endpoint(branch_id)
+    credential = api.credential(endpoint.name)
+    if connect:
+        assert login(emulator, endpoint, credential.token)
+    api.delete_branch(branch_id)
+    return {
+        method: count - before.get(method, 0)
+        for method, count in api.calls.items()
+        if count > before.get(method, 0)
+    }
+
+
+LIFE = {
+    "create_branch": 1,
+    "get_operation": 1,
+    "get_endpoint": 1,
+    "generate_database_credential": 1,
+    "delete_branch": 1,
+}
+
+
 def test_calls_per_branch_life_with_slow_operations(api: LakebaseApi, emulator: LakebaseEmulator) -> None:
-    """Fidelity review section 2: create, one poll, endpoint read, credential, delete."""
-    emulator.operation_delay = 1.5
+    """Fidelity review section 2: create, one poll, endpoint read, credential, delete, with
+    1.5-s operations (the learnt duration times the first poll) and a compute whose host is
+    there when the branch is READY."""
+    behave(emulator, operation_delay=1.5, compute_start_delay=0.0)
     api.seed_duration = 1.0  # as in production use
-
-    def life(branch_id: str, *, connect: bool) -> int:
-        before = sum(api.calls.values())
-        api.create_branch(branch_id, source="production", ttl=600)
-        endpoint = api.endpoint(branch_id)
-        credential = api.credential(endpoint.name)
-        if connect:
-            assert login(emulator, endpoint, credential.token)
-        api.delete_branch(branch_id)
-        return sum(api.calls.values()) - before
-
-    cold = life("t-warm", connect=False)  # learns the operation duration (seeded at 1 s)
+    cold = _life(api, emulator, "t-warm", connect=False)  # learns the operation duration
     http_before = sum(emulator.calls().values())
-    warm = [life("t-count-1", connect=True), life("t-count-2", connect=False)]
-    assert cold <= 6, api.calls
-    assert warm == [5, 5], api.calls
-    assert sum(emulator.calls().values()) - http_before == sum(warm), "one HTTP request per counted call"
+    warm = [_life(api, emulator, "t-count-1", connect=True), _life(api, emulator, "t-count-2", connect=False)]
+    assert sum(cold.values()) <= 6, cold
+    assert warm == [LIFE, LIFE], api.calls
+    assert sum(emulator.calls().values()) - http_before == 10, "one HTTP request per counted call"
+
+
+def test_calls_per_branch_life_when_the_host_comes_late(api: LakebaseApi, emulator: LakebaseEmulator) -> None:
+    """The service's compute gets its host about 0.5 s after the branch is READY: only the
+    endpoint read may cost more, at most one more read (its poll step is 0.5 s)."""
+    behave(emulator, operation_delay=1.5)
+    api.seed_duration = 1.5  # learnt already
+    life = _life(api, emulator, "t-late-host", connect=True)
+    assert {k: v for k, v in life.items() if k != "get_endpoint"} == {
+        k: v for k, v in LIFE.items() if k != "get_endpoint"
+    }, life
+    assert 1 <= life["get_endpoint"] <= 2, life
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="LakebaseApi.endpoint reads the endpoint the moment the branch is READY, before the "
+    "compute has its host, and reads again 0.5 s later: 6 calls per branch life",
+)
+def test_five_calls_per_branch_life_when_the_host_comes_late(
+    api: LakebaseApi, emulator: LakebaseEmulator
+) -> None:
+    behave(emulator, operation_delay=1.5)
+    api.seed_duration = 1.5
+    life = _life(api, emulator, "t-five", connect=False)
+    assert life == LIFE
+
+
+# -- the service's branch rules -------------------------------------------------------------------
+
+
+def test_a_child_of_a_branch_with_a_ttl_is_refused_at_once(api: LakebaseApi) -> None:
+    """Why template branches have no expiry: a branch with one cannot have children. A
+    refusal that will not change is reported, not retried."""
+    api.create_branch("t-ttl-parent", source="production", ttl=600)
+    with pytest.raises(DbBranchError, match=r"400 FAILED_PRECONDITION\].*has an expiration"):
+        api.create_branch("t-ttl-child", source="t-ttl-parent", ttl=600)
+    assert api.refused_creates == 0 and api.calls["create_branch"] == 2
+
+
+def test_a_branch_with_children_cannot_get_an_expiry(api: LakebaseApi) -> None:
+    api.create_branch("t-keep", source="production", ttl=None)
+    child = api.create_branch("t-keep-child", source="t-keep", ttl=600)
+    assert child.source_branch == f"projects/{PROJECT}/branches/t-keep"
+    with pytest.raises(DbBranchError, match=r"400 FAILED_PRECONDITION\].*has child branches"):
+        api.extend("t-keep", 600)
+    assert api.extend("t-keep-child", 1200) is not None, "a child's own expiry moves"
+    kept = api.get_branch("t-keep")
+    assert kept is not None and kept.expire_time is None
+
+
+def test_the_branch_limit_is_waited_out(api: LakebaseApi, emulator: LakebaseEmulator) -> None:
+    """At the limit (production counts) a create is refused with 400 RESOURCE_EXHAUSTED and
+    retried until a slot frees."""
+    behave(emulator, branch_limit=3)
+    for n in (1, 2):
+        api.create_branch(f"t-full-{n}", source="production", ttl=600)
+    freed = threading.Timer(0.4, lambda: api.delete_branch("t-full-1"))
+    freed.start()
+    try:
+        created = api.create_branch("t-full-3", source="production", ttl=600)
+    finally:
+        freed.join()
+    assert created.ready
+    assert api.refused_creates >= 1 and api.calls["create_branch"] == 3 + api.refused_creates
+    assert emulator.calls()["POST create_branch"] == api.calls["create_branch"]
 
 
 # -- refused creates ----------------------------------------------------------------------------
@@ -242,14 +336,33 @@ def test_a_missing_operation_right_after_the_post_is_waited_for(
 
 
 def test_a_create_that_outlives_the_wait_is_deleted(api: LakebaseApi, emulator: LakebaseEmulator) -> None:
-    emulator.operation_delay = 1.0
+    behave(emulator, operation_delay=1.0)
     api.operation_timeout = 0.3
     with pytest.raises(
         ServerError,
         match=r"create branch t-slow: not done after 0s \(operation .*\); asked the service to delete it",
     ):
         api.create_branch("t-slow", source="production", ttl=600)
-    assert api.calls["delete_branch"] == 1
+    assert api.calls["delete_branch"] >= 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="LakebaseApi sends one delete at once; the service refuses to delete a branch still "
+    "being created (400 FAILED_PRECONDITION), which is ignored, so the branch holds a slot of "
+    "the branch limit until its TTL",
+)
+def test_a_create_that_outlives_the_wait_leaves_no_branch(
+    api: LakebaseApi, emulator: LakebaseEmulator
+) -> None:
+    behave(emulator, operation_delay=1.0)
+    api.operation_timeout = 0.3
+    with pytest.raises(ServerError, match="not done after"):
+        api.create_branch("t-slow", source="production", ttl=600)
+    deadline = time.monotonic() + 3  # the create's operation ends 1 s after it began
+    while any(b["name"].endswith("/t-slow") for b in emulator.branches(PROJECT)):
+        assert time.monotonic() < deadline, f"t-slow is left; calls {dict(api.calls)}"
+        time.sleep(0.1)
 
 
 # -- our own branch after a re-sent POST ---------------------------------------------------------
@@ -268,7 +381,7 @@ def test_our_own_branch_is_adopted(
 
 
 def test_a_branch_from_another_source_is_not_adopted(api: LakebaseApi, client: WorkspaceClient) -> None:
-    api.create_branch("t-other", source="production", ttl=600)
+    api.create_branch("t-other", source="production", ttl=None)  # only a branch without expiry has children
     create_directly(client, "t-theirs", source=f"projects/{PROJECT}/branches/t-other", wait=True)
     with pytest.raises(BranchExistsError, match="branched from projects/demo/branches/t-other"):
         api.create_branch("t-theirs", source="production", ttl=600)
@@ -292,6 +405,8 @@ def test_no_adoption_for_shared_ids(api: LakebaseApi, client: WorkspaceClient) -
 
 
 def test_the_primary_endpoint_is_read_once(api: LakebaseApi, emulator: LakebaseEmulator) -> None:
+    """Its host is there when the branch is READY: one read, then the cache."""
+    behave(emulator, compute_start_delay=0.0)
     api.create_branch("t-ep", source="production", ttl=600)
     first = api.endpoint("t-ep")
     assert first.name.endswith("/t-ep/endpoints/primary") and first.host
@@ -300,9 +415,21 @@ def test_the_primary_endpoint_is_read_once(api: LakebaseApi, emulator: LakebaseE
     assert api.calls["list_endpoints"] == api.calls["create_endpoint"] == 0
 
 
+def test_a_primary_endpoint_without_its_host_yet_is_read_until_it_has_one(
+    api: LakebaseApi, emulator: LakebaseEmulator
+) -> None:
+    api.create_branch("t-ep-late", source="production", ttl=600)
+    assert emulator.endpoint_host(PROJECT, "t-ep-late") is None, "the compute starts after READY"
+    first = api.endpoint("t-ep-late")
+    assert first.host == emulator.endpoint_host(PROJECT, "t-ep-late") is not None
+    assert api.endpoint("t-ep-late") is first
+    assert 2 <= api.calls["get_endpoint"] <= 3, api.calls
+    assert api.calls["list_endpoints"] == api.calls["create_endpoint"] == 0
+
+
 def test_a_missing_endpoint_is_created(api: LakebaseApi, emulator: LakebaseEmulator) -> None:
     """Older behaviour: branches made through the API had no compute."""
-    emulator.auto_endpoint = False
+    behave(emulator, auto_endpoint=False, compute_start_delay=0.0)
     api.create_branch("t-bare", source="production", ttl=600)
     endpoint = api.endpoint("t-bare")
     assert endpoint.name.endswith("/t-bare/endpoints/primary")
@@ -314,7 +441,7 @@ def test_a_missing_endpoint_is_created(api: LakebaseApi, emulator: LakebaseEmula
 def test_a_read_write_endpoint_under_another_id_is_used(
     api: LakebaseApi, client: WorkspaceClient, emulator: LakebaseEmulator
 ) -> None:
-    emulator.auto_endpoint = False
+    behave(emulator, auto_endpoint=False, compute_start_delay=0.0)
     api.create_branch("t-custom", source="production", ttl=600)
     spec = EndpointSpec(endpoint_type=EndpointType.ENDPOINT_TYPE_READ_WRITE)
     operation = client.postgres.create_endpoint(
@@ -323,6 +450,17 @@ def test_a_read_write_endpoint_under_another_id_is_used(
     finish(client, operation)
     assert api.endpoint("t-custom").name.endswith("/endpoints/ep-custom")
     assert api.calls["create_endpoint"] == 0
+
+
+def test_a_branch_has_one_read_write_endpoint(api: LakebaseApi, client: WorkspaceClient) -> None:
+    """The service makes ``primary``; a second read-write endpoint is refused."""
+    api.create_branch("t-one-rw", source="production", ttl=600)
+    spec = EndpointSpec(endpoint_type=EndpointType.ENDPOINT_TYPE_READ_WRITE)
+    with pytest.raises(DatabricksError, match="already has a read-write endpoint"):
+        client.postgres.create_endpoint(
+            parent=f"projects/{PROJECT}/branches/t-one-rw", endpoint=Endpoint(spec=spec), endpoint_id="ep-2"
+        )
+    assert api.endpoint("t-one-rw").name.endswith("/t-one-rw/endpoints/primary")
 
 
 def test_credentials_are_fresh_each_time(api: LakebaseApi) -> None:

@@ -1,5 +1,6 @@
 """The Lakebase doctor against the emulator: every check runs, the table is printed, and
-nothing it made is left behind (branches purged, databases dropped)."""
+nothing it made is left behind (branches purged, databases dropped), in the service's
+behaviour (per the rule on expiries and children) and in the emulator's older one."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import io
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -32,7 +34,8 @@ CHECKS = [
     "CREATE DATABASE ... TEMPLATE databricks_postgres",
     "COMMENT ON DATABASE databricks_postgres",
     "child of a branch with a TTL",
-    "update TTL of a parent with a child",
+    "child of a branch without expiry",
+    "expiry on a branch with children",
     "update_branch extends the TTL",
     "refused create: duplicate id",
     "refused create: invalid id",
@@ -40,9 +43,50 @@ CHECKS = [
 ]
 
 
+#: The emulator's older behaviour in every respect: no implicit endpoint, one port, TLS
+#: optional, hard deletes, no branch rules, children of expiring branches allowed, the limit
+#: reported through the operation, one backing database per branch.
+LEGACY: dict[str, Any] = {
+    "timing": "fast",
+    "storage": "database",
+    "auto_endpoint": False,
+    "host_style": "single",
+    "tls_required": False,
+    "soft_delete": False,
+    "branch_rules": False,
+    "ttl_with_children": "allow",
+    "limit_error": "operation",
+}
+BEHAVIOURS = {
+    "service": {"timing": "realistic", "operation_delay": 0.02},
+    "refuse-ttl": {"timing": "realistic", "operation_delay": 0.02, "ttl_with_children": "refuse-ttl"},
+    "legacy": LEGACY,
+}
+#: What the TTL rows say, per behaviour: (child of a TTL branch, child of a no-expiry branch,
+#: expiry on a branch with children).
+TTL_ROWS = {
+    "service": (
+        "info refused: [400 FAILED_PRECONDITION] source branch",
+        "pass",
+        "info refused to add an expiry to it: [400 FAILED_PRECONDITION]",
+    ),
+    "refuse-ttl": (
+        "info allowed",
+        "info not tried",
+        "info refused to extend its expiry: [400 FAILED_PRECONDITION]",
+    ),
+    "legacy": ("info allowed", "info not tried", "info allowed to extend its expiry"),
+}
+
+
+@pytest.fixture(params=list(BEHAVIOURS))
+def behaviour(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
-def emulator(embedded_server: ServerAddress) -> Iterator[LakebaseEmulator]:
-    emu = LakebaseEmulator(embedded_server, auto_endpoint=True, operation_delay=0.02)
+def emulator(embedded_server: ServerAddress, behaviour: str) -> Iterator[LakebaseEmulator]:
+    emu = LakebaseEmulator(embedded_server, **BEHAVIOURS[behaviour])
     emu.start()
     emu.create_project(PROJECT)
     try:
@@ -75,7 +119,9 @@ def backing_databases(emulator: LakebaseEmulator) -> set[str]:
         return {row[0] for row in conn.execute("SELECT datname FROM pg_database")}
 
 
-def test_every_check_runs_and_nothing_is_left(api: LakebaseApi, emulator: LakebaseEmulator) -> None:
+def test_every_check_runs_and_nothing_is_left(
+    api: LakebaseApi, emulator: LakebaseEmulator, behaviour: str
+) -> None:
     port = single_port(api, emulator)
     databases_before = backing_databases(emulator)
     out = io.StringIO()
@@ -92,13 +138,23 @@ def test_every_check_runs_and_nothing_is_left(api: LakebaseApi, emulator: Lakeba
     assert [row for row in rows if not any(row.startswith(check) for check in CHECKS)] == [], report
     assert [check for check in CHECKS if not any(row.startswith(check) for row in rows)] == [], report
     failed = [row for row in rows if "  FAIL  " in row]
-    if any("update_branch" in row and "no API at PATCH" in row for row in failed):
-        # This emulator has no update_branch yet: only that check may fail.
-        assert all("TTL" in row for row in failed), report
-        assert status == 1
-    else:
-        assert failed == [] and status == 0, report
-    assert next(row for row in rows if row.startswith("clean-up")).split()[2] == "pass", report
+    assert failed == [] and status == 0, report
+
+    def said(check: str) -> str:
+        row = next(row for row in rows if row.startswith(check))
+        result, _seconds, detail = row[len(check) :].split(maxsplit=2)
+        return f"{result} {detail}"
+
+    ttl_rows = (
+        "child of a branch with a TTL",
+        "child of a branch without expiry",
+        "expiry on a branch with children",
+    )
+    for check, expected in zip(ttl_rows, TTL_ROWS[behaviour], strict=True):
+        assert said(check).startswith(expected), report
+    assert said("update_branch extends the TTL").startswith("pass dbbdoc-"), report
+    assert said("implicit 'primary' endpoint").startswith("info no" if behaviour == "legacy" else "info yes")
+    assert said("clean-up (purge)").startswith("pass deleted dbbdoc-"), report
     assert [b["name"] for b in emulator.branches(PROJECT)] == [f"projects/{PROJECT}/branches/production"]
     assert backing_databases(emulator) == databases_before
     assert emulator.token not in report
