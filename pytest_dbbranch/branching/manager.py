@@ -156,7 +156,7 @@ class BranchManager:
         with self._mutex:
             if self._embedded is None:
                 base = settings.resolve_path(settings.embedded_dir) if settings.embedded_dir else None
-                self._embedded = EmbeddedServer(base)
+                self._embedded = EmbeddedServer(base, idle=settings.effective_embedded_idle())
                 if self._embedded.note:
                     self.notes.append(self._embedded.note)
             return self._embedded.acquire(self._registration), self._embedded

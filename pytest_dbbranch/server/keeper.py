@@ -1,0 +1,137 @@
+"""The keeper: lets the embedded server outlive a run, and stops it when nobody comes back.
+
+Starting and stopping PostgreSQL (≈0.25 s) is most of what rerunning one test costs, so a
+run may leave the server up for ``dbbranch_embedded_idle`` seconds. Something must then stop
+it: this small detached process, one per server folder (it holds ``keeper.lock`` for its
+whole life, so a second one exits at once and a killed one frees the lock). It polls twice a
+second and stops the server
+
+* after the idle period with no live run registered (a run killed with -9 leaves a
+  registration whose process is gone: it counts as gone, so nothing is left forever);
+* at once, with an immediate shutdown, when the data folder disappears (``rm -rf``): then
+  there is nothing left to keep, and ``pg_ctl`` can no longer find the server.
+
+It exits when the server stops for any other reason (a run under ``CI`` stops it itself). If
+the keeper itself is killed, the next run starts a new one; and PostgreSQL checks its own lock
+file every minute, so even then a removed data folder stops it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import filelock
+
+if TYPE_CHECKING:
+    from .embedded import EmbeddedServer
+
+#: Seconds between two looks at the server folder.
+POLL = 0.5
+
+
+def keeper_lock(home: Path) -> filelock.FileLock:
+    return filelock.FileLock(str(home / "keeper.lock"))
+
+
+def keeper_alive(home: Path) -> bool:
+    """Whether a keeper holds this folder's lock (a flock: a dead keeper holds nothing)."""
+    lock = keeper_lock(home)
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        return True
+    lock.release()
+    return False
+
+
+def write_idle(home: Path, idle: float) -> None:
+    """The idle period the keeper applies: the last run to come or leave sets it."""
+    with contextlib.suppress(OSError):
+        (home / "idle").write_text(f"{idle:g}")
+
+
+def read_idle(home: Path) -> float:
+    try:
+        return max(0.0, float((home / "idle").read_text().strip()))
+    except (OSError, ValueError):
+        return 0.0
+
+
+def ensure_keeper(server: EmbeddedServer) -> None:
+    """Record the idle period and start a keeper unless one runs (caller holds the server
+    lock, so two runs never start two). Costs a flock when one runs, a detached spawn (not
+    waited for) when not."""
+    write_idle(server.home, server.idle)
+    if keeper_alive(server.home):
+        return
+    argv = [sys.executable, "-m", "pytest_dbbranch.server.keeper", str(server.home), str(server.bindir)]
+    # Through sh and '&': the keeper is nobody's child (no zombie, no wait at exit) and has
+    # no pipe of ours open (a test harness reading our output would wait for it). Its own
+    # session keeps a Ctrl-C in the terminal from reaching it.
+    subprocess.run(
+        ["/bin/sh", "-c", '"$0" "$@" </dev/null >/dev/null 2>&1 &', *argv],
+        check=False,
+        start_new_session=True,
+        cwd=str(server.home),
+    )
+
+
+def watch(server: EmbeddedServer) -> str:
+    """Keep watch until the server stops; return why the keeper ends."""
+    marker = server.data / "PG_VERSION"
+    postmaster = server.postmaster_pid()
+    idle_since: float | None = None
+    while True:
+        if not marker.exists():
+            if postmaster is not None:
+                # Immediate shutdown: the files a fast one would write are gone.
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(postmaster, signal.SIGQUIT)
+            return "data folder removed"
+        current = server.postmaster_pid()
+        if current is None:
+            return "server stopped"
+        postmaster = current
+        if server._live_users(prune=False):
+            idle_since = None
+        else:
+            now = time.monotonic()
+            idle_since = now if idle_since is None else idle_since
+            if now - idle_since >= read_idle(server.home):
+                with server.lock:
+                    if server.stop_unless_used():
+                        return "idle"
+                idle_since = None
+        time.sleep(POLL)
+
+
+def main(argv: list[str]) -> int:
+    home, bindir = Path(argv[0]), Path(argv[1])
+    lock = keeper_lock(home)
+    try:
+        lock.acquire(timeout=0)
+    except (filelock.Timeout, OSError):
+        return 0  # another keeper watches this folder
+    from .embedded import EmbeddedServer
+
+    server = EmbeddedServer.at(home, bindir)
+    try:
+        reason = watch(server)
+    except Exception as exc:  # never leave a traceback on a terminal we are detached from
+        reason = f"failed: {type(exc).__name__}: {exc}"
+    with contextlib.suppress(OSError), (home / "keeper.log").open("a") as log:
+        log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} keeper {os.getpid()} ends: {reason}\n")
+    with contextlib.suppress(Exception):
+        lock.release()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
