@@ -34,8 +34,6 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for key in list(os.environ):
         if key.startswith("DBBRANCH_") and key != "DBBRANCH_TEST_SYSTEM_URL":
             monkeypatch.delenv(key)
-    # Inner runs stop their embedded server as they end, as on CI (the idle keeper has its own tests).
-    monkeypatch.setenv("DBBRANCH_EMBEDDED_IDLE", "0")
 
 
 @pytest.fixture(scope="session")

@@ -32,6 +32,11 @@ class Stats:
         with _LOCK:
             setattr(self, field_name, getattr(self, field_name) + amount)
 
+    def add_seconds(self, field_name: str, seconds: float) -> None:
+        """For background threads, which must not race the test's own ``timed``."""
+        with _LOCK:
+            setattr(self, field_name, getattr(self, field_name) + seconds)
+
     @contextmanager
     def timed(self, field_name: str) -> Iterator[None]:
         start = time.perf_counter()
