@@ -31,14 +31,14 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from scenarios import growth, reflink, report, suites  # noqa: E402
+from scenarios import growth, reflink, report, rerun, suites  # noqa: E402
 from scenarios.common import Workspace, copy_example_app, create_database, log  # noqa: E402
 
 from pytest_dbbranch import BranchManager  # noqa: E402
 from pytest_dbbranch.server.embedded import SERVER_SETTINGS, EmbeddedServer  # noqa: E402
 from pytest_dbbranch.settings import resolve  # noqa: E402
 
-SECTIONS = ("per_test", "suite", "size_growth", "migration_growth", "reflink", "lakebase")
+SECTIONS = ("per_test", "suite", "rerun", "size_growth", "migration_growth", "reflink", "lakebase")
 
 #: name: (full default, --quick default)
 DEFAULTS: dict[str, tuple[Any, Any]] = {
@@ -52,6 +52,7 @@ DEFAULTS: dict[str, tuple[Any, Any]] = {
     "migrations": ("10,100,300", "3"),
     "migration_reps": (5, 2),
     "lakebase_tests": (30, 5),
+    "rerun_reps": (10, 1),
 }
 
 
@@ -75,6 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--migrations", help="revision counts, comma-separated [10,100,300; quick 3]")
     parser.add_argument("--migration-reps", type=int, help="per-test migrations timed per count [5; quick 2]")
     parser.add_argument("--lakebase-tests", type=int, help="measured tests per Lakebase run [30; quick 5]")
+    parser.add_argument("--rerun-reps", type=int, help="reruns of one test per variant [10; quick 1]")
     parser.add_argument("--no-reflink", action="store_true", help="skip the XFS reflink scenario")
     parser.add_argument(
         "--only", help=f"comma-separated sections to run ({', '.join(SECTIONS)}); the rest are skipped"
@@ -212,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
             "suite": lambda: suites.run_suite(
                 ws, tests=args.suite_tests, repeat=args.suite_repeat, pool=pool
             ),
+            "rerun": lambda: rerun.run_rerun(ws, reps=args.rerun_reps, server_dir=args.server_dir),
             "size_growth": lambda: growth.run_size_growth(ws, args.sizes, args.size_reps),
             "migration_growth": lambda: growth.run_migration_growth(
                 ws, args.migrations, args.size_reps, args.migration_reps

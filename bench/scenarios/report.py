@@ -143,6 +143,7 @@ def markdown(result: dict[str, Any]) -> str:
                 f"{ratio.get('n0', float('nan')):.2f} | {ratio.get('n2', float('nan')):.2f} |"
             )
         lines.append("")
+    lines += rerun_markdown(result.get("rerun", {"skipped": "not run"}))
     sizes = result["size_growth"]
     if "skipped" in sizes:
         lines += ["### Branch cost vs source size", "", str(sizes["skipped"]), ""]
@@ -217,6 +218,28 @@ def markdown(result: dict[str, Any]) -> str:
             "",
         ]
     return "\n".join(lines)
+
+
+def rerun_markdown(rerun: dict[str, Any]) -> list[str]:
+    """Scenario 11: one test rerun with a warm template, against pytest without the plugin."""
+    title = "### Rerunning one test (warm template, embedded server): wall time of pytest (s)"
+    if "skipped" in rerun:
+        return [title, "", str(rerun["skipped"]), ""]
+    return [
+        title,
+        "",
+        "| variant | median (min–max) s | n | over pytest alone |",
+        "|---|---|---|---|",
+        f"| pytest alone (-p no:dbbranch, no database) | {_s(rerun['bare'])} | {rerun['bare']['n']} | |",
+        f"| db_branch, server kept between runs (embedded_idle, the local default) | {_s(rerun['idle'])} "
+        f"| {rerun['idle']['n']} | +{rerun['overhead_idle_s']:.2f} s |",
+        f"| db_branch, server started and stopped by the run (embedded_idle = 0, CI) | "
+        f"{_s(rerun['stop'])} | {rerun['stop']['n']} | +{rerun['overhead_stop_s']:.2f} s |",
+        "",
+        f"{rerun['idle_runs_attached']} of {rerun['idle']['n']} kept-server runs attached to the "
+        f"running server (same postmaster); target: at most +{rerun['target_overhead_s']:.2f} s.",
+        "",
+    ]
 
 
 def plot(result: dict[str, Any], path: Path) -> None:

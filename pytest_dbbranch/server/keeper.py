@@ -71,7 +71,10 @@ def ensure_keeper(server: EmbeddedServer) -> None:
     write_idle(server.home, server.idle)
     if keeper_alive(server.home):
         return
-    argv = [sys.executable, "-m", "pytest_dbbranch.server.keeper", str(server.home), str(server.bindir)]
+    # The postmaster's pid too: if the folder is gone before the keeper has started, that is
+    # all it has to go on.
+    pid = str(server.postmaster_pid() or 0)
+    argv = [sys.executable, "-m", "pytest_dbbranch.server.keeper", str(server.home), str(server.bindir), pid]
     # Through sh and '&': the keeper is nobody's child (no zombie, no wait at exit) and has
     # no pipe of ours open (a test harness reading our output would wait for it). Its own
     # session keeps a Ctrl-C in the terminal from reaching it.
@@ -83,17 +86,26 @@ def ensure_keeper(server: EmbeddedServer) -> None:
     )
 
 
-def watch(server: EmbeddedServer) -> str:
+def _quit(pid: int | None) -> None:
+    """Immediate shutdown of a postmaster whose folder is gone (a fast one would write files
+    there). Only a process that still is a postgres: its pid may have been reused."""
+    if not pid:
+        return
+    with contextlib.suppress(OSError):
+        if b"postgres" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+            return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, signal.SIGQUIT)
+
+
+def watch(server: EmbeddedServer, postmaster: int | None) -> str:
     """Keep watch until the server stops; return why the keeper ends."""
     marker = server.data / "PG_VERSION"
-    postmaster = server.postmaster_pid()
+    postmaster = server.postmaster_pid() or postmaster
     idle_since: float | None = None
     while True:
         if not marker.exists():
-            if postmaster is not None:
-                # Immediate shutdown: the files a fast one would write are gone.
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(postmaster, signal.SIGQUIT)
+            _quit(postmaster)
             return "data folder removed"
         current = server.postmaster_pid()
         if current is None:
@@ -113,17 +125,21 @@ def watch(server: EmbeddedServer) -> str:
 
 
 def main(argv: list[str]) -> int:
-    home, bindir = Path(argv[0]), Path(argv[1])
+    home, bindir, postmaster = Path(argv[0]), Path(argv[1]), int(argv[2]) or None
     lock = keeper_lock(home)
     try:
         lock.acquire(timeout=0)
-    except (filelock.Timeout, OSError):
+    except filelock.Timeout:
         return 0  # another keeper watches this folder
+    except OSError:
+        if not (home / "data" / "PG_VERSION").exists():
+            _quit(postmaster)  # removed before we started
+        return 0
     from .embedded import EmbeddedServer
 
     server = EmbeddedServer.at(home, bindir)
     try:
-        reason = watch(server)
+        reason = watch(server, postmaster)
     except Exception as exc:  # never leave a traceback on a terminal we are detached from
         reason = f"failed: {type(exc).__name__}: {exc}"
     with contextlib.suppress(OSError), (home / "keeper.log").open("a") as log:
