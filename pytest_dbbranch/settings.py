@@ -99,12 +99,9 @@ def _pool_size(value: str, where: str) -> int | None:
 DEFAULT_EMBEDDED_IDLE = 900
 
 
-def _idle(value: str, where: str) -> int | None:
-    """Seconds, a duration (15m), 0/off (stop with the run), or auto (None)."""
-    text = value.strip().lower()
-    if text == "auto":
-        return None
-    if text in ("0", "off", "no", "false", "none"):
+def _idle(value: str, where: str) -> int:
+    """Seconds, a duration (15m), or 0/off: stop with the run."""
+    if value.strip().lower() in ("0", "off", "no", "false", "none"):
         return 0
     return parse_duration(value, where)
 
@@ -327,11 +324,11 @@ class Settings:
         "Folder for the embedded server's data (default: a folder under /dev/shm when it exists, "
         "else the temp folder).",
     )
-    embedded_idle: int | None = setting(
-        None,
+    embedded_idle: int = setting(
+        DEFAULT_EMBEDDED_IDLE,
         "How long the embedded server stays up after the last run leaves, so the next run "
         "attaches to it instead of starting one (seconds or a duration such as 15m; 0 = stop "
-        f"with the run; auto = {DEFAULT_EMBEDDED_IDLE // 60}m, or 0 when the CI variable is set).",
+        f"with the run; default {DEFAULT_EMBEDDED_IDLE // 60}m, or 0 when the CI variable is set).",
         _idle,
     )
     root: Path = field(default_factory=Path.cwd)
@@ -396,10 +393,9 @@ class Settings:
         return 2 if workers < (os.cpu_count() or 1) else 0
 
     def effective_embedded_idle(self) -> int:
-        """``auto``: keep the server for a local rerun, never on CI (no run comes back)."""
-        if self.embedded_idle is not None:
-            return self.embedded_idle
-        return 0 if _on_ci() else DEFAULT_EMBEDDED_IDLE
+        """Unless set: keep the server for a local rerun, never on CI (no run comes back)."""
+        given = "embedded_idle" in self.origins or self.embedded_idle != DEFAULT_EMBEDDED_IDLE
+        return self.embedded_idle if given or not _on_ci() else 0
 
     def isolation_for(self, scope: str) -> Isolation:
         if scope == "function":

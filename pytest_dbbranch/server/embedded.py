@@ -28,6 +28,7 @@ import filelock
 from ..conninfo import ServerAddress
 from ..errors import EmbeddedServerError
 from .binaries import find_bindir
+from .keeper import ensure_keeper
 from .process import free_port, pid_alive, port_is_free
 
 if TYPE_CHECKING:
@@ -204,8 +205,6 @@ class EmbeddedServer:
             address = self._ensure_running()
             if self.idle > 0:
                 # Before any test: a run killed with -9 never reaches ``release``.
-                from .keeper import ensure_keeper
-
                 ensure_keeper(self)
             return address
 
@@ -225,15 +224,13 @@ class EmbeddedServer:
                 (self.users / f"{run_id}").unlink()
             if self.idle > 0 and self._running_port() is not None:
                 # Kept for the next run; the last run to leave sets the idle period.
-                from .keeper import ensure_keeper
-
                 ensure_keeper(self)
                 return False
             return self.stop_unless_used()
 
     def stop_unless_used(self) -> bool:
         """Stop the server if no live run uses it (the caller holds the lock). True if stopped."""
-        if self._live_users():
+        if self.live_users():
             return False
         self._ensure_usable_binaries()
         if self._running_port() is None:
@@ -321,7 +318,7 @@ class EmbeddedServer:
     def _register(self, run_id: str) -> None:
         (self.users / run_id).write_text(str(os.getpid()))
 
-    def _live_users(self, *, prune: bool = True) -> list[str]:
+    def live_users(self, *, prune: bool = True) -> list[str]:
         """Runs registered whose process lives. ``prune`` (under the lock only) removes the
         others; without the lock a half-written registration counts as live."""
         live: list[str] = []

@@ -24,13 +24,30 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import filelock
 
-if TYPE_CHECKING:
-    from .embedded import EmbeddedServer
+
+class Kept(Protocol):
+    """What the keeper needs of the server (``EmbeddedServer``, which imports this module)."""
+
+    home: Path
+    data: Path
+    bindir: Path
+    idle: float
+
+    @property
+    def lock(self) -> filelock.FileLock: ...
+
+    def postmaster_pid(self) -> int | None: ...
+
+    def live_users(self, *, prune: bool = True) -> list[str]: ...
+
+    def stop_unless_used(self) -> bool: ...
+
 
 #: Seconds between two looks at the server folder.
 POLL = 0.5
@@ -64,7 +81,7 @@ def read_idle(home: Path) -> float:
         return 0.0
 
 
-def ensure_keeper(server: EmbeddedServer) -> None:
+def ensure_keeper(server: Kept) -> None:
     """Record the idle period and start a keeper unless one runs (caller holds the server
     lock, so two runs never start two). Costs a flock when one runs, a detached spawn (not
     waited for) when not."""
@@ -74,7 +91,8 @@ def ensure_keeper(server: EmbeddedServer) -> None:
     # The postmaster's pid too: if the folder is gone before the keeper has started, that is
     # all it has to go on.
     pid = str(server.postmaster_pid() or 0)
-    argv = [sys.executable, "-m", "pytest_dbbranch.server.keeper", str(server.home), str(server.bindir), pid]
+    module = "pytest_dbbranch.server.keeper_run"
+    argv = [sys.executable, "-m", module, str(server.home), str(server.bindir), pid]
     # Through sh and '&': the keeper is nobody's child (no zombie, no wait at exit) and has
     # no pipe of ours open (a test harness reading our output would wait for it). Its own
     # session keeps a Ctrl-C in the terminal from reaching it.
@@ -98,7 +116,7 @@ def _quit(pid: int | None) -> None:
         os.kill(pid, signal.SIGQUIT)
 
 
-def watch(server: EmbeddedServer, postmaster: int | None) -> str:
+def watch(server: Kept, postmaster: int | None) -> str:
     """Keep watch until the server stops; return why the keeper ends."""
     marker = server.data / "PG_VERSION"
     postmaster = server.postmaster_pid() or postmaster
@@ -111,7 +129,7 @@ def watch(server: EmbeddedServer, postmaster: int | None) -> str:
         if current is None:
             return "server stopped"
         postmaster = current
-        if server._live_users(prune=False):
+        if server.live_users(prune=False):
             idle_since = None
         else:
             now = time.monotonic()
@@ -124,8 +142,8 @@ def watch(server: EmbeddedServer, postmaster: int | None) -> str:
         time.sleep(POLL)
 
 
-def main(argv: list[str]) -> int:
-    home, bindir, postmaster = Path(argv[0]), Path(argv[1]), int(argv[2]) or None
+def run(home: Path, postmaster: int | None, make: Callable[[], Kept]) -> int:
+    """The keeper process: watch ``home`` unless another keeper does."""
     lock = keeper_lock(home)
     try:
         lock.acquire(timeout=0)
@@ -135,11 +153,8 @@ def main(argv: list[str]) -> int:
         if not (home / "data" / "PG_VERSION").exists():
             _quit(postmaster)  # removed before we started
         return 0
-    from .embedded import EmbeddedServer
-
-    server = EmbeddedServer.at(home, bindir)
     try:
-        reason = watch(server, postmaster)
+        reason = watch(make(), postmaster)
     except Exception as exc:  # never leave a traceback on a terminal we are detached from
         reason = f"failed: {type(exc).__name__}: {exc}"
     with contextlib.suppress(OSError), (home / "keeper.log").open("a") as log:
@@ -147,7 +162,3 @@ def main(argv: list[str]) -> int:
     with contextlib.suppress(Exception):
         lock.release()
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -154,7 +154,7 @@ def test_idle_setting(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("CI", "1")
     assert resolve(root=tmp_path).effective_embedded_idle() == 0
     # An explicit value wins over CI, in every form.
-    for text, seconds in (("0", 0), ("off", 0), ("90", 90), ("15m", 900), ("auto", 0)):
+    for text, seconds in (("0", 0), ("off", 0), ("90", 90), ("15m", 900)):
         settings = resolve(env={"DBBRANCH_EMBEDDED_IDLE": text}, root=tmp_path)
         assert settings.effective_embedded_idle() == seconds
     assert resolve(ini={"embedded_idle": "2h"}, root=tmp_path).effective_embedded_idle() == 7200
