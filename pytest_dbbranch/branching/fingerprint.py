@@ -116,11 +116,13 @@ def _folder_stamp(folder: Path) -> list[Any]:
     return [str(folder), names]
 
 
-def _stamps(files: Iterable[Path], roots: Iterable[Path]) -> dict[str, Any]:
-    """Files by time and size; every folder under ``roots`` (and each file's own) by the
-    names in it, so a new or removed migration anywhere below shows."""
+def _stamps(files: Iterable[Path], config: Iterable[Path], roots: Iterable[Path]) -> dict[str, Any]:
+    """Files by time and size; every folder under ``roots`` (and each migration file's own)
+    by the names in it, so a new or removed migration anywhere below shows. The folder of a
+    configuration file is not watched: other files come and go there (logs, caches)."""
     files = sorted(set(files))
     watched = {path.parent for path in files}
+    files = sorted(set(files) | set(config))
     for root in roots:
         for folder, subfolders, _ in os.walk(root):
             subfolders[:] = [name for name in subfolders if name != "__pycache__"]
@@ -168,7 +170,7 @@ def remember_summary(
     if key is None:
         return
     try:
-        stamps = _stamps([p for _, p in summary.file_pairs()] + list(config_files), roots)
+        stamps = _stamps([p for _, p in summary.file_pairs()], config_files, roots)
         newest = max((mtime for _, mtime, _ in stamps["files"]), default=0)
         if time.time_ns() - newest < RACY_SECONDS * 1e9:
             return

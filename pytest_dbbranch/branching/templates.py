@@ -136,3 +136,7 @@ def ensure_template(
         stats.template_builds += 1
     else:
         stats.template_hits += 1
+    if backend.kind == "postgres":
+        # For the summary's word on slow copies (``Stats.copy_hint``).
+        stats.postgres_templates += 1
+        stats.cloned_templates += int(getattr(backend, "file_copy_method", None) == "clone")
