@@ -268,7 +268,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         with contextlib.suppress(Exception):
             server.release("bench")
-        shutil.rmtree(server_home, ignore_errors=True)
+        for _ in range(20):  # a keeper of a kept-server run may still be looking at the folder
+            shutil.rmtree(server_home, ignore_errors=True)
+            if not server_home.exists():
+                break
+            time.sleep(0.1)
         tempfile.tempdir = previous_tempdir
         if args.keep_workdir:
             log(f"generated suites kept in {root}")

@@ -146,7 +146,8 @@ def run(home: Path, postmaster: int | None, make: Callable[[], Kept]) -> int:
     """The keeper process: watch ``home`` unless another keeper does."""
     lock = keeper_lock(home)
     try:
-        lock.acquire(timeout=0)
+        # A little patience: ``keeper_alive`` holds the lock for an instant when it looks.
+        lock.acquire(timeout=0.5)
     except filelock.Timeout:
         return 0  # another keeper watches this folder
     except OSError:
@@ -157,8 +158,11 @@ def run(home: Path, postmaster: int | None, make: Callable[[], Kept]) -> int:
         reason = watch(make(), postmaster)
     except Exception as exc:  # never leave a traceback on a terminal we are detached from
         reason = f"failed: {type(exc).__name__}: {exc}"
-    with contextlib.suppress(OSError), (home / "keeper.log").open("a") as log:
-        log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} keeper {os.getpid()} ends: {reason}\n")
+    if reason == "idle" or reason.startswith("failed"):
+        # Only when the keeper acted (or broke): otherwise someone else stopped the server or
+        # removed the folder, and a file written now could keep it from being removed.
+        with contextlib.suppress(OSError), (home / "keeper.log").open("a") as log:
+            log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} keeper {os.getpid()} ends: {reason}\n")
     with contextlib.suppress(Exception):
         lock.release()
     return 0

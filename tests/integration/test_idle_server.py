@@ -54,7 +54,7 @@ def test_server_outlives_the_run_and_the_next_run_attaches(folder: Path, tmp_pat
         server = first._embedded
         pid = server.postmaster_pid()
     assert pid is not None and pid_alive(pid), "the server stopped with the run"
-    assert keeper_alive(server.home)
+    wait_for(lambda: keeper_alive(server.home), what="the keeper to start")
     assert not list(server.users.iterdir()), "the run left its registration"
 
     started = time.perf_counter()
