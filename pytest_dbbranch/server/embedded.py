@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import re
 import shutil
 import subprocess
 import tempfile
@@ -27,7 +26,7 @@ import filelock
 
 from ..conninfo import ServerAddress
 from ..errors import EmbeddedServerError
-from .binaries import find_bindir
+from .binaries import find_bindir, server_major
 from .keeper import ensure_keeper
 from .process import free_port, pid_alive, port_is_free
 
@@ -93,36 +92,6 @@ def check_base_dir(base: Path | None, where: str) -> None:
     if not folder.is_dir():
         raise EmbeddedServerError(f"{where}: {folder} is not a folder (dbbranch_embedded_dir)")
     find_bindir()
-
-
-_MAJORS: dict[Path, int] = {}
-
-
-def server_major(bindir: Path, cache_dir: Path | None = None) -> int:
-    """The PostgreSQL major version of the binaries in ``bindir`` (asked once; remembered in
-    ``cache_dir`` next to the binary's modification time, so a rerun spawns nothing)."""
-    if bindir in _MAJORS:
-        return _MAJORS[bindir]
-    memo: Path | None = None
-    stamp = ""
-    if cache_dir is not None:
-        with contextlib.suppress(OSError):
-            info = (bindir / "postgres").stat()
-            stamp = f"{info.st_mtime_ns}:{info.st_size}"
-            key = hashlib.sha256(str(bindir).encode()).hexdigest()[:8]
-            memo = cache_dir / f".pg-major-{key}"
-            known, _, major = memo.read_text().partition(" ")
-            if known == stamp and major.strip().isdigit():
-                _MAJORS[bindir] = int(major)
-                return _MAJORS[bindir]
-    out = subprocess.run([str(bindir / "postgres"), "--version"], capture_output=True, text=True, check=False)
-    match = re.search(r"(\d+)(?:\.\d+)?", out.stdout)
-    _MAJORS[bindir] = int(match.group(1)) if match else 0
-    if memo is not None and stamp and _MAJORS[bindir]:
-        with contextlib.suppress(OSError):
-            memo.parent.mkdir(parents=True, exist_ok=True)
-            memo.write_text(f"{stamp} {_MAJORS[bindir]}")
-    return _MAJORS[bindir]
 
 
 FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
