@@ -53,18 +53,30 @@ class Kept(Protocol):
 POLL = 0.5
 
 
-def keeper_lock(home: Path) -> filelock.FileLock:
-    return filelock.FileLock(str(home / "keeper.lock"))
+def _try_lock(home: Path) -> int | None:
+    """An open descriptor holding ``keeper.lock`` (a flock: it dies with its process), or None
+    when another process holds it. Plain ``flock`` rather than ``filelock``: that one creates
+    missing folders, and a keeper must never bring back a folder someone removed."""
+    import fcntl
+
+    fd = os.open(home / "keeper.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
 
 
 def keeper_alive(home: Path) -> bool:
-    """Whether a keeper holds this folder's lock (a flock: a dead keeper holds nothing)."""
-    lock = keeper_lock(home)
+    """Whether a keeper holds this folder's lock."""
     try:
-        lock.acquire(timeout=0)
-    except filelock.Timeout:
+        fd = _try_lock(home)
+    except OSError:
+        return False  # no folder: no keeper either
+    if fd is None:
         return True
-    lock.release()
+    os.close(fd)
     return False
 
 
@@ -104,14 +116,18 @@ def ensure_keeper(server: Kept) -> None:
     )
 
 
-def _quit(pid: int | None) -> None:
-    """Immediate shutdown of a postmaster whose folder is gone (a fast one would write files
-    there). Only a process that still is a postgres: its pid may have been reused."""
+def _quit(pid: int | None, data: Path) -> None:
+    """Immediate shutdown of the postmaster of ``data`` whose files are gone (a fast one would
+    write there). Only if ``pid`` still is that postmaster: its command line names the folder
+    (``pg_ctl`` starts it with ``-D``), so a reused pid is left alone."""
     if not pid:
         return
-    with contextlib.suppress(OSError):
-        if b"postgres" not in Path(f"/proc/{pid}/cmdline").read_bytes():
-            return
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return  # gone; or no /proc to check with: PostgreSQL's own lock-file check stops it
+    if str(data).encode() not in cmdline:
+        return
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.kill(pid, signal.SIGQUIT)
 
@@ -123,10 +139,14 @@ def watch(server: Kept, postmaster: int | None) -> str:
     idle_since: float | None = None
     while True:
         if not marker.exists():
-            _quit(postmaster)
+            _quit(postmaster, server.data)
             return "data folder removed"
         current = server.postmaster_pid()
         if current is None:
+            if not (server.data / "postmaster.pid").exists():
+                # Removed under a live server by an interrupted rm -rf (a clean stop removes
+                # it too, as its very last step: then the process is gone or going anyway).
+                _quit(postmaster, server.data)
             return "server stopped"
         postmaster = current
         if server.live_users(prune=False):
@@ -144,16 +164,19 @@ def watch(server: Kept, postmaster: int | None) -> str:
 
 def run(home: Path, postmaster: int | None, make: Callable[[], Kept]) -> int:
     """The keeper process: watch ``home`` unless another keeper does."""
-    lock = keeper_lock(home)
-    try:
-        # A little patience: ``keeper_alive`` holds the lock for an instant when it looks.
-        lock.acquire(timeout=0.5)
-    except filelock.Timeout:
-        return 0  # another keeper watches this folder
-    except OSError:
-        if not (home / "data" / "PG_VERSION").exists():
-            _quit(postmaster)  # removed before we started
-        return 0
+    deadline = time.monotonic() + 0.5  # ``keeper_alive`` holds the lock for an instant
+    while True:
+        try:
+            fd = _try_lock(home)
+        except OSError:
+            if not (home / "data" / "PG_VERSION").exists():
+                _quit(postmaster, home / "data")  # removed before we started
+            return 0
+        if fd is not None:
+            break
+        if time.monotonic() > deadline:
+            return 0  # another keeper watches this folder
+        time.sleep(0.02)
     try:
         reason = watch(make(), postmaster)
     except Exception as exc:  # never leave a traceback on a terminal we are detached from
@@ -163,6 +186,5 @@ def run(home: Path, postmaster: int | None, make: Callable[[], Kept]) -> int:
         # removed the folder, and a file written now could keep it from being removed.
         with contextlib.suppress(OSError), (home / "keeper.log").open("a") as log:
             log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} keeper {os.getpid()} ends: {reason}\n")
-    with contextlib.suppress(Exception):
-        lock.release()
+    os.close(fd)
     return 0
