@@ -51,6 +51,8 @@ class Kept(Protocol):
 
 #: Seconds between two looks at the server folder.
 POLL = 0.5
+#: A keeper spawned this recently is taken to be starting: no second one is spawned.
+STARTUP_SECONDS = 3.0
 
 
 def _try_lock(home: Path) -> int | None:
@@ -100,6 +102,12 @@ def ensure_keeper(server: Kept) -> None:
     write_idle(server.home, server.idle)
     if keeper_alive(server.home):
         return
+    spawned = server.home / "keeper.spawned"
+    with contextlib.suppress(OSError):
+        if time.time() - spawned.stat().st_mtime < STARTUP_SECONDS:
+            return  # one is starting (Python takes a moment before it holds its lock)
+    with contextlib.suppress(OSError):
+        spawned.touch()
     # The postmaster's pid too: if the folder is gone before the keeper has started, that is
     # all it has to go on.
     pid = str(server.postmaster_pid() or 0)
