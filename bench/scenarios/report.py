@@ -130,18 +130,20 @@ def markdown(result: dict[str, Any]) -> str:
         lines += [
             f"### Suite of {suite['tests']} function-scope tests: wall time of the pytest process (s)",
             "",
-            "| alternative | -n 0 | -n 2 | × pytest-postgresql (-n 0) | × pytest-postgresql (-n 2) |",
-            "|---|---|---|---|---|",
+            "| alternative | -n 0 | -n 2 | × pytest-postgresql (-n 0) | × pytest-postgresql (-n 2) "
+            "| per test at -n 2 (setup + teardown, ms) |",
+            "|---|---|---|---|---|---|",
         ]
         for key, entry in suite["runs"].items():
             if "skipped" in entry:
-                lines.append(f"| {entry['label']} | {entry['skipped']} | | | |")
+                lines.append(f"| {entry['label']} | {entry['skipped']} | | | | |")
                 continue
             ratio = suite["ratio_vs_pytest_postgresql"].get(key, {})
             n0 = _s(entry["n0"]) if "n0" in entry else "not run"
             lines.append(
                 f"| {entry['label']} | {n0} | {_s(entry['n2'])} | "
-                f"{ratio.get('n0', float('nan')):.2f} | {ratio.get('n2', float('nan')):.2f} |"
+                f"{ratio.get('n0', float('nan')):.2f} | {ratio.get('n2', float('nan')):.2f} | "
+                f"{_ms(entry['n2']['per_test'])} |"
             )
         lines.append("")
     lines += rerun_markdown(result.get("rerun", {"skipped": "not run"}))
