@@ -31,27 +31,28 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from scenarios import growth, reflink, report, suites  # noqa: E402
+from scenarios import growth, reflink, report, rerun, suites  # noqa: E402
 from scenarios.common import Workspace, copy_example_app, create_database, log  # noqa: E402
 
 from pytest_dbbranch import BranchManager  # noqa: E402
 from pytest_dbbranch.server.embedded import SERVER_SETTINGS, EmbeddedServer  # noqa: E402
 from pytest_dbbranch.settings import resolve  # noqa: E402
 
-SECTIONS = ("per_test", "suite", "size_growth", "migration_growth", "reflink", "lakebase")
+SECTIONS = ("per_test", "suite", "rerun", "size_growth", "migration_growth", "reflink", "lakebase")
 
-#: name: (full default, --quick default)
-DEFAULTS: dict[str, tuple[Any, Any]] = {
-    "tests": (100, 5),
-    "repeat": (5, 1),
-    "modules": (5, 2),
-    "suite_tests": (300, 20),
-    "suite_repeat": (3, 1),
-    "sizes": ("1,100,1000", "1"),
-    "size_reps": (20, 3),
-    "migrations": ("10,100,300", "3"),
-    "migration_reps": (5, 2),
-    "lakebase_tests": (30, 5),
+#: name: (full default, --quick default, --smoke default)
+DEFAULTS: dict[str, tuple[Any, Any, Any]] = {
+    "tests": (100, 5, 2),
+    "repeat": (5, 1, 1),
+    "modules": (5, 2, 1),
+    "suite_tests": (300, 20, 4),
+    "suite_repeat": (3, 1, 1),
+    "sizes": ("1,100,1000", "1", "1"),
+    "size_reps": (20, 3, 2),
+    "migrations": ("10,100,300", "3", "2"),
+    "migration_reps": (5, 2, 1),
+    "lakebase_tests": (30, 5, 2),
+    "rerun_reps": (10, 1, 1),
 }
 
 
@@ -60,7 +61,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Measure pytest-dbbranch against the raw SQL floor and the alternatives.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, no reflink: for the smoke test")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, no reflink: a minute or so")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="the machinery only, in seconds: the smallest sizes, the floor and the plugin's default "
+        "in the per-test and suite scenarios, no Lakebase (tests/suites/test_bench_smoke.py)",
+    )
     parser.add_argument(
         "--tests", type=int, help="measured tests per per-test scenario and run [100; quick 5]"
     )
@@ -75,6 +82,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--migrations", help="revision counts, comma-separated [10,100,300; quick 3]")
     parser.add_argument("--migration-reps", type=int, help="per-test migrations timed per count [5; quick 2]")
     parser.add_argument("--lakebase-tests", type=int, help="measured tests per Lakebase run [30; quick 5]")
+    parser.add_argument("--rerun-reps", type=int, help="reruns of one test per variant [10; quick 1]")
     parser.add_argument("--no-reflink", action="store_true", help="skip the XFS reflink scenario")
     parser.add_argument(
         "--only", help=f"comma-separated sections to run ({', '.join(SECTIONS)}); the rest are skipped"
@@ -90,9 +98,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--keep-workdir", action="store_true", help="keep generated suites (debugging)")
     args = parser.parse_args(argv)
-    for name, (full, quick) in DEFAULTS.items():
+    args.quick = args.quick or args.smoke
+    for name, (full, quick, smoke) in DEFAULTS.items():
         if getattr(args, name) is None:
-            setattr(args, name, quick if args.quick else full)
+            setattr(args, name, smoke if args.smoke else quick if args.quick else full)
     args.sizes = [float(x) for x in str(args.sizes).split(",") if x.strip()]
     args.migrations = [int(x) for x in str(args.migrations).split(",") if x.strip()]
     args.only = [x.strip() for x in args.only.split(",")] if args.only else list(SECTIONS)
@@ -210,7 +219,13 @@ def main(argv: list[str] | None = None) -> int:
         sections: dict[str, Callable[[], dict[str, Any]]] = {
             "per_test": lambda: run_per_test(ws, args, pool, result),
             "suite": lambda: suites.run_suite(
-                ws, tests=args.suite_tests, repeat=args.suite_repeat, pool=pool
+                ws, tests=args.suite_tests, repeat=args.suite_repeat, pool=pool, smoke=args.smoke
+            ),
+            "rerun": lambda: rerun.run_rerun(
+                ws,
+                reps=args.rerun_reps,
+                server_dir=args.server_dir,
+                smoke_server=server_home if args.smoke else None,
             ),
             "size_growth": lambda: growth.run_size_growth(ws, args.sizes, args.size_reps),
             "migration_growth": lambda: growth.run_migration_growth(
@@ -228,6 +243,9 @@ def main(argv: list[str] | None = None) -> int:
         for name, run in sections.items():
             if name not in args.only:
                 result[name] = {"skipped": "not selected (--only)"}
+                continue
+            if name == "lakebase" and args.smoke:
+                result[name] = {"skipped": suites.SMOKE_SKIPPED}
                 continue
             if name == "reflink" and (args.quick or args.no_reflink):
                 reason = "--quick" if args.quick else "--no-reflink"
@@ -250,7 +268,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         with contextlib.suppress(Exception):
             server.release("bench")
-        shutil.rmtree(server_home, ignore_errors=True)
+        for _ in range(20):  # a keeper of a kept-server run may still be looking at the folder
+            shutil.rmtree(server_home, ignore_errors=True)
+            if not server_home.exists():
+                break
+            time.sleep(0.1)
         tempfile.tempdir = previous_tempdir
         if args.keep_workdir:
             log(f"generated suites kept in {root}")
@@ -278,7 +300,9 @@ def main(argv: list[str] | None = None) -> int:
 def run_per_test(
     ws: Workspace, args: argparse.Namespace, pool: bool, result: dict[str, Any]
 ) -> dict[str, Any]:
-    out = suites.run_per_test(ws, tests=args.tests, repeat=args.repeat, modules=args.modules, pool=pool)
+    out = suites.run_per_test(
+        ws, tests=args.tests, repeat=args.repeat, modules=args.modules, pool=pool, smoke=args.smoke
+    )
     result["ratios"] = report.compute_ratios(out.per_test)
     return out.per_test
 

@@ -95,6 +95,22 @@ def _pool_size(value: str, where: str) -> int | None:
     return size
 
 
+#: How long the embedded server outlives a local run when nothing says otherwise.
+DEFAULT_EMBEDDED_IDLE = 900
+
+
+def _idle(value: str, where: str) -> int:
+    """Seconds, a duration (15m), or 0/off: stop with the run."""
+    if value.strip().lower() in ("0", "off", "no", "false", "none"):
+        return 0
+    return parse_duration(value, where)
+
+
+def _on_ci() -> bool:
+    """The ``CI`` variable every CI service sets: there no run comes back to reuse a server."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
 def _names(value: str, where: str) -> str:
     """Environment variable names, comma or space separated; 'none' for none."""
     names = [name for name in re.split(r"[,\s]+", value.strip()) if name]
@@ -317,6 +333,13 @@ class Settings:
         "Folder for the embedded server's data (default: a folder under /dev/shm when it exists, "
         "else the temp folder).",
     )
+    embedded_idle: int = setting(
+        DEFAULT_EMBEDDED_IDLE,
+        "How long the embedded server stays up after the last run leaves, so the next run "
+        "attaches to it instead of starting one (seconds or a duration such as 15m; 0 = stop "
+        f"with the run; default {DEFAULT_EMBEDDED_IDLE // 60}m, or 0 when the CI variable is set).",
+        _idle,
+    )
     root: Path = field(default_factory=Path.cwd)
     #: Where each value came from, for error messages ("--dbbranch-source", "DBBRANCH_URL"...).
     origins: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
@@ -377,6 +400,11 @@ class Settings:
             return self.pool_size
         workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
         return 2 if workers < (os.cpu_count() or 1) else 0
+
+    def effective_embedded_idle(self) -> int:
+        """Unless set: keep the server for a local rerun, never on CI (no run comes back)."""
+        given = "embedded_idle" in self.origins or self.embedded_idle != DEFAULT_EMBEDDED_IDLE
+        return self.embedded_idle if given or not _on_ci() else 0
 
     def isolation_for(self, scope: str) -> Isolation:
         if scope == "function":
@@ -468,7 +496,7 @@ class Spec:
         for a count or a duration (pytest 9.2+ checks values against it)."""
         if self.flag:
             return bool | str
-        if self.parse in (_count, _port, _pool_size, parse_duration):
+        if self.parse in (_count, _port, _pool_size, _idle, parse_duration):
             return int | str
         return None
 

@@ -173,7 +173,9 @@ def run_pytest(
     record = folder / f"record-{time.monotonic_ns()}.json"
     run_env = dict(env)
     run_env["BENCH_RECORD_FILE"] = str(record)
-    run_env["PYTHONPATH"] = str(folder)
+    # The suite's folder first (its recorder plugin), then the caller's path: a checkout run
+    # with PYTHONPATH pointing at it measures that checkout, not an installed copy.
+    run_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(folder), env.get("PYTHONPATH", "")) if p)
     argv = [ws.python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "bench_recorder", *args]
     start = time.perf_counter()
     result = subprocess.run(

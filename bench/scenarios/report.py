@@ -130,19 +130,23 @@ def markdown(result: dict[str, Any]) -> str:
         lines += [
             f"### Suite of {suite['tests']} function-scope tests: wall time of the pytest process (s)",
             "",
-            "| alternative | -n 0 | -n 2 | × pytest-postgresql (-n 0) | × pytest-postgresql (-n 2) |",
-            "|---|---|---|---|---|",
+            "| alternative | -n 0 | -n 2 | × pytest-postgresql (-n 0) | × pytest-postgresql (-n 2) "
+            "| per test at -n 2 (setup + teardown, ms) |",
+            "|---|---|---|---|---|---|",
         ]
         for key, entry in suite["runs"].items():
             if "skipped" in entry:
-                lines.append(f"| {entry['label']} | {entry['skipped']} | | | |")
+                lines.append(f"| {entry['label']} | {entry['skipped']} | | | | |")
                 continue
             ratio = suite["ratio_vs_pytest_postgresql"].get(key, {})
+            n0 = _s(entry["n0"]) if "n0" in entry else "not run"
             lines.append(
-                f"| {entry['label']} | {_s(entry['n0'])} | {_s(entry['n2'])} | "
-                f"{ratio.get('n0', float('nan')):.2f} | {ratio.get('n2', float('nan')):.2f} |"
+                f"| {entry['label']} | {n0} | {_s(entry['n2'])} | "
+                f"{ratio.get('n0', float('nan')):.2f} | {ratio.get('n2', float('nan')):.2f} | "
+                f"{_ms(entry['n2']['per_test'])} |"
             )
         lines.append("")
+    lines += rerun_markdown(result.get("rerun", {"skipped": "not run"}))
     sizes = result["size_growth"]
     if "skipped" in sizes:
         lines += ["### Branch cost vs source size", "", str(sizes["skipped"]), ""]
@@ -219,6 +223,32 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def rerun_markdown(rerun: dict[str, Any]) -> list[str]:
+    """Scenario 11: one test rerun with a warm template, against pytest without the plugin."""
+    title = "### Rerunning one test (warm template, embedded server): wall time of pytest (s)"
+    if "skipped" in rerun:
+        return [title, "", str(rerun["skipped"]), ""]
+    return [
+        title,
+        "",
+        "| variant | median (min–max) s | n | over pytest alone |",
+        "|---|---|---|---|",
+        f"| pytest alone (-p no:dbbranch, no database) | {_s(rerun['bare'])} | {rerun['bare']['n']} | |",
+        f"| db_branch, server kept between runs (embedded_idle, the local default) | {_s(rerun['idle'])} "
+        f"| {rerun['idle']['n']} | +{rerun['overhead_idle_s']:.2f} s |",
+        (
+            f"| db_branch, server started and stopped by the run (embedded_idle = 0, CI) | "
+            f"{_s(rerun['stop'])} | {rerun['stop']['n']} | +{rerun['overhead_stop_s']:.2f} s |"
+            if "skipped" not in rerun["stop"]
+            else f"| db_branch, server started and stopped by the run | {rerun['stop']['skipped']} | | |"
+        ),
+        "",
+        f"{rerun['idle_runs_attached']} of {rerun['idle']['n']} kept-server runs attached to the "
+        f"running server (same postmaster); target: at most +{rerun['target_overhead_s']:.2f} s.",
+        "",
+    ]
+
+
 def plot(result: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -270,10 +300,12 @@ def _plot_suite(ax: Any, suite: dict[str, Any]) -> None:
     entries = [(k, e) for k, e in suite["runs"].items() if "skipped" not in e]
     positions = range(len(entries))
     for offset, mode, color in ((-0.2, "n0", "tab:orange"), (0.2, "n2", "tab:green")):
-        values = [e[mode]["median_s"] for _, e in entries]
+        none = {"median_s": 0.0, "min_s": 0.0, "max_s": 0.0}  # a mode --smoke did not run
+        runs = [e.get(mode, none) for _, e in entries]
+        values = [run["median_s"] for run in runs]
         errors = [
-            [e[mode]["median_s"] - e[mode]["min_s"] for _, e in entries],
-            [e[mode]["max_s"] - e[mode]["median_s"] for _, e in entries],
+            [run["median_s"] - run["min_s"] for run in runs],
+            [run["max_s"] - run["median_s"] for run in runs],
         ]
         ax.bar(
             [p + offset for p in positions],

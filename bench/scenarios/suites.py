@@ -3,6 +3,7 @@ Lakebase emulator (10). Each generates a small pytest project and runs it in a s
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 from dataclasses import dataclass, field
 from typing import Any
@@ -169,7 +170,15 @@ def _files(alt: Alternative, tests: int, modules: int) -> dict[str, str]:
     return files
 
 
-def run_per_test(ws: Workspace, *, tests: int, repeat: int, modules: int, pool: bool) -> PerTestResults:
+#: What ``--smoke`` runs: the floor and the plugin's default, enough to exercise every step.
+SMOKE_PER_TEST = ("raw_floor", "db_branch_pool0")
+SMOKE_SUITE = ("db_branch_pool0",)
+SMOKE_SKIPPED = "not run in --smoke mode (only the machinery is checked)"
+
+
+def run_per_test(
+    ws: Workspace, *, tests: int, repeat: int, modules: int, pool: bool, smoke: bool = False
+) -> PerTestResults:
     """Scenarios 1-6: setup + teardown around an empty test body, as pytest reports them.
 
     The warm-up test's setup carries the session fixtures (server connection, template check
@@ -177,6 +186,8 @@ def run_per_test(ws: Workspace, *, tests: int, repeat: int, modules: int, pool: 
     """
     out = PerTestResults()
     for alt in alternatives(pool):
+        if smoke and alt.key not in SMOKE_PER_TEST:
+            alt = dataclasses.replace(alt, skipped=SMOKE_SKIPPED)
         out.alternatives.append(alt)
         if alt.skipped:
             ws.note(f"{alt.label}: skipped: {alt.skipped}")
@@ -209,10 +220,15 @@ def run_per_test(ws: Workspace, *, tests: int, repeat: int, modules: int, pool: 
     return out
 
 
-def run_suite(ws: Workspace, *, tests: int, repeat: int, pool: bool, files: int = 10) -> dict[str, Any]:
+def run_suite(
+    ws: Workspace, *, tests: int, repeat: int, pool: bool, files: int = 10, smoke: bool = False
+) -> dict[str, Any]:
     """Scenario 7: wall time of a whole suite of small function-scope tests, -n 0 and -n 2."""
     by_key = {alt.key: alt for alt in alternatives(pool)}
     chosen = [by_key[key] for key in ("db_branch_pool0", "db_branch_pool2", "rollback", "pytest_postgresql")]
+    if smoke:
+        skip = dataclasses.replace
+        chosen = [alt if alt.key in SMOKE_SUITE else skip(alt, skipped=SMOKE_SKIPPED) for alt in chosen]
     cold = Alternative(
         "db_branch_cold",
         "db_branch, pool 0, template rebuilt (--dbbranch-rebuild)",
@@ -221,7 +237,7 @@ def run_suite(ws: Workspace, *, tests: int, repeat: int, pool: bool, files: int 
         args=(*by_key["db_branch_pool0"].args, "--dbbranch-rebuild"),
         description="as pool 0, but the migrated template is rebuilt in the run (a first run)",
     )
-    chosen.insert(1, cold)
+    chosen.insert(1, cold if not smoke else dataclasses.replace(cold, skipped=SMOKE_SKIPPED))
     per_file = max(1, tests // files)
     layout: dict[str, int] = {}
     remaining = tests
@@ -245,7 +261,7 @@ def run_suite(ws: Workspace, *, tests: int, repeat: int, pool: bool, files: int 
         )
         env = plugin_env(ws) if alt.uses_plugin else ws.base_env()
         entry: dict[str, Any] = {"label": alt.label, "description": alt.description}
-        for mode, workers in (("n0", "0"), ("n2", "2")):
+        for mode, workers in (("n0", "0"), ("n2", "2")) if not smoke else (("n2", "2"),):
             walls: list[float] = []
             per_test: list[float] = []
             for _ in range(repeat):
@@ -264,7 +280,9 @@ def run_suite(ws: Workspace, *, tests: int, repeat: int, pool: bool, files: int 
         if "skipped" in entry or "skipped" in reference:
             continue
         ratios[key] = {
-            mode: round(entry[mode]["median_s"] / reference[mode]["median_s"], 3) for mode in ("n0", "n2")
+            mode: round(entry[mode]["median_s"] / reference[mode]["median_s"], 3)
+            for mode in ("n0", "n2")
+            if mode in entry
         }
     return {"tests": tests, "files": len(layout), "runs": runs, "ratio_vs_pytest_postgresql": ratios}
 
@@ -277,7 +295,7 @@ def run_lakebase(ws: Workspace, *, tests: int, repeat: int) -> dict[str, Any]:
 
     source = "bench_lakebase_source"
     restore_snapshot(ws, source)
-    emulator = LakebaseEmulator(ws.address, operation_delay=0.0)
+    emulator = LakebaseEmulator(ws.address, timing="fast")
     try:
         emulator.start()
         emulator.create_project("bench", source_database=source)

@@ -40,7 +40,7 @@ from .cleanup import (
 )
 from .clients import SavepointConnection
 from .lakebase_run import LakebaseRun, inner_settings
-from .pool import WarmPool
+from .pool import BackgroundDrops, WarmPool
 from .stats import Stats
 from .templates import TemplatePlan, ensure_template
 
@@ -63,6 +63,7 @@ class BranchManager:
         stats: Stats | None = None,
         reap_on_start: bool = True,
         progress: Progress | None = None,
+        background_drops: bool = False,
     ) -> None:
         self.settings = settings
         #: Where the steps of a long build are reported (silent by default).
@@ -78,6 +79,9 @@ class BranchManager:
         self._worker_branches: dict[str, tuple[str, Backend]] = {}
         self._worker_branch_owners: list[tuple[str, Backend]] = []
         self._pools: dict[str, WarmPool] = {}
+        #: Drops used branches behind the tests (the plugin's choice); a script's ``release``
+        #: has dropped the branch when it returns.
+        self._drops = BackgroundDrops(self.stats, limit=4 if background_drops else 0)
         self._shared_connections: dict[str, SavepointConnection] = {}
         self._embedded: EmbeddedServer | None = None
         self._templates: dict[tuple[Any, ...], TemplatePlan] = {}
@@ -213,7 +217,7 @@ class BranchManager:
         with self._mutex:
             if self._embedded is None:
                 base = settings.resolve_path(settings.embedded_dir) if settings.embedded_dir else None
-                self._embedded = EmbeddedServer(base)
+                self._embedded = EmbeddedServer(base, idle=settings.effective_embedded_idle())
                 if self._embedded.note:
                     self.notes.append(self._embedded.note)
             return self._embedded.acquire(self._registration), self._embedded
@@ -415,6 +419,8 @@ class BranchManager:
             return True
         if branch.pool is not None and branch.pool.give_back(branch.name):
             return False  # dropped in the background
+        if self._drops.give(backend, branch.name):
+            return False
         with self.stats.timed("drop_seconds"):
             backend.drop(branch.name)
         self.stats.increment("branches_dropped")
@@ -460,6 +466,7 @@ class BranchManager:
             for pool in self._pools.values():
                 pool.close()
             self._pools.clear()
+            self._drops.close()
             for conn in self._shared_connections.values():
                 with contextlib.suppress(psycopg.Error):
                     conn.close()

@@ -8,6 +8,7 @@ from ..errors import ConfigError
 from ..migrations import NO_MIGRATIONS, load_migrator
 from ..server.embedded import check_base_dir
 from ..settings import Settings
+from .fingerprint import cached_summary
 from .sources import parse_source
 
 LIBPQ_MISSING = (
@@ -31,9 +32,13 @@ def check(settings: Settings) -> None:
         folder = settings.resolve_path(settings.embedded_dir) if settings.embedded_dir else None
         check_base_dir(folder, settings.origin("embedded_dir"))
     parse_source(settings)
-    migrator = load_migrator(settings)
-    if migrator is not None:
-        migrator.resolve(settings.revision, settings.origin("revision"))
-    elif settings.revision != "head":
-        raise ConfigError(NO_MIGRATIONS.format(where=settings.origin("revision"), revision=settings.revision))
+    # Skipped when the migrations passed it before and have not changed since (no Alembic import).
+    if cached_summary(settings) is None:
+        migrator = load_migrator(settings)
+        if migrator is not None:
+            migrator.resolve(settings.revision, settings.origin("revision"))
+        elif settings.revision != "head":
+            raise ConfigError(
+                NO_MIGRATIONS.format(where=settings.origin("revision"), revision=settings.revision)
+            )
     settings.fingerprint_paths()

@@ -11,6 +11,10 @@ from typing import Any
 
 _LOCK = threading.Lock()
 
+#: A branch of a small template costs 10-40 ms (tmpfs, journaled ext4); above this the copy
+#: is bound by the template's size (or by a slow disk).
+SIZE_BOUND_MS = 150.0
+
 
 @dataclass
 class Stats:
@@ -26,11 +30,20 @@ class Stats:
     fork_seconds: float = 0.0
     drop_seconds: float = 0.0
     migrate_seconds: float = 0.0
+    #: Templates this run forked from on PostgreSQL, and how many of them by cloning files
+    #: (PostgreSQL 18 ``file_copy_method = clone`` on a reflink file system).
+    postgres_templates: int = 0
+    cloned_templates: int = 0
 
     def increment(self, field_name: str, amount: int = 1) -> None:
         """For the warm pool's thread: ``+=`` on an attribute is not atomic across threads."""
         with _LOCK:
             setattr(self, field_name, getattr(self, field_name) + amount)
+
+    def add_seconds(self, field_name: str, seconds: float) -> None:
+        """For background threads, which must not race the test's own ``timed``."""
+        with _LOCK:
+            setattr(self, field_name, getattr(self, field_name) + seconds)
 
     @contextmanager
     def timed(self, field_name: str) -> Iterator[None]:
@@ -70,4 +83,22 @@ class Stats:
                 if self.pool_hits + self.pool_misses
                 else ""
             ),
+            *self.copy_hint(avg_fork),
+        ]
+
+    def copy_hint(self, avg_fork_ms: float) -> list[str]:
+        """When copies were slow: ``CREATE DATABASE`` copies every file of the template, so
+        a large template (or a slow disk) makes every branch slow, unless files are cloned."""
+        if avg_fork_ms < SIZE_BOUND_MS or self.postgres_templates == 0:
+            return []
+        if self.cloned_templates:
+            return [
+                f"branches took {avg_fork_ms:.0f} ms each although files were cloned (reflink): "
+                "the template has many files, or the server is busy"
+            ]
+        return [
+            f"branches took {avg_fork_ms:.0f} ms each to copy: a copy grows with the template's size. "
+            "On PostgreSQL 18 a reflink file system makes it the same at any size: put the "
+            "embedded server on XFS (reflink=1) or Btrfs (dbbranch_embedded_dir), or use "
+            "dbbranch_strategy=clone on your own PostgreSQL 18 server there"
         ]

@@ -104,7 +104,7 @@ class ClusterStorage:
         return Target(self._get(handle).address(identity, database), database)
 
     def major_version(self) -> int:
-        from ..server.embedded import server_major
+        from ..server.binaries import server_major
 
         return server_major(self.clusters.bindir)
 

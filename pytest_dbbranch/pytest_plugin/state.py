@@ -74,7 +74,11 @@ class RunState:
             except ImportError as exc:
                 raise ConfigError(LIBPQ_MISSING.format(error=exc)) from None
             self.manager = BranchManager(
-                self.effective_settings, run_id=self.run_id, worker_id=self.worker_id, stats=self.stats
+                self.effective_settings,
+                run_id=self.run_id,
+                worker_id=self.worker_id,
+                stats=self.stats,
+                background_drops=True,
             )
         return self.manager
 

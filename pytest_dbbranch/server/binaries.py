@@ -3,8 +3,11 @@ client programs (psql, pg_dump, pg_restore) for restoring and dumping sources.""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import importlib.util
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -82,3 +85,33 @@ def client_if_any(name: str) -> str | None:
         return client(name)
     except SourceError:
         return None
+
+
+_MAJORS: dict[Path, int] = {}
+
+
+def server_major(bindir: Path, cache_dir: Path | None = None) -> int:
+    """The PostgreSQL major version of the binaries in ``bindir`` (asked once; remembered in
+    ``cache_dir`` next to the binary's modification time, so a rerun spawns nothing)."""
+    if bindir in _MAJORS:
+        return _MAJORS[bindir]
+    memo: Path | None = None
+    stamp = ""
+    if cache_dir is not None:
+        with contextlib.suppress(OSError):
+            info = (bindir / "postgres").stat()
+            stamp = f"{info.st_mtime_ns}:{info.st_size}"
+            key = hashlib.sha256(str(bindir).encode()).hexdigest()[:8]
+            memo = cache_dir / f".pg-major-{key}"
+            known, _, major = memo.read_text().partition(" ")
+            if known == stamp and major.strip().isdigit():
+                _MAJORS[bindir] = int(major)
+                return _MAJORS[bindir]
+    out = subprocess.run([str(bindir / "postgres"), "--version"], capture_output=True, text=True, check=False)
+    match = re.search(r"(\d+)(?:\.\d+)?", out.stdout)
+    _MAJORS[bindir] = int(match.group(1)) if match else 0
+    if memo is not None and stamp and _MAJORS[bindir]:
+        with contextlib.suppress(OSError):
+            memo.parent.mkdir(parents=True, exist_ok=True)
+            memo.write_text(f"{stamp} {_MAJORS[bindir]}")
+    return _MAJORS[bindir]

@@ -5,7 +5,9 @@ on this kind of machine's root disk, so the data directory goes to ``/dev/shm`` 
 exists and fsync is off (this is throwaway test data). The data directory is kept between
 runs so migrated templates survive; one server serves every xdist worker and every
 concurrent run of the same checkout, started once under a file lock, and stopped by the last
-run that leaves.
+run that leaves, or, with an idle period (``dbbranch_embedded_idle``), left running for the next
+run by a small keeper process (``keeper.py``) that stops it once nobody came back: starting and
+stopping PostgreSQL is most of what a one-test rerun costs.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import re
 import shutil
 import subprocess
 import tempfile
@@ -25,7 +26,8 @@ import filelock
 
 from ..conninfo import ServerAddress
 from ..errors import EmbeddedServerError
-from .binaries import find_bindir
+from .binaries import find_bindir, server_major
+from .keeper import ensure_keeper
 from .process import free_port, pid_alive, port_is_free
 
 if TYPE_CHECKING:
@@ -92,20 +94,6 @@ def check_base_dir(base: Path | None, where: str) -> None:
     find_bindir()
 
 
-_MAJORS: dict[Path, int] = {}
-
-
-def server_major(bindir: Path) -> int:
-    """The PostgreSQL major version of the binaries in ``bindir`` (asked once)."""
-    if bindir not in _MAJORS:
-        out = subprocess.run(
-            [str(bindir / "postgres"), "--version"], capture_output=True, text=True, check=False
-        )
-        match = re.search(r"(\d+)(?:\.\d+)?", out.stdout)
-        _MAJORS[bindir] = int(match.group(1)) if match else 0
-    return _MAJORS[bindir]
-
-
 FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
 
 
@@ -134,22 +122,38 @@ class EmbeddedServer:
     """One server per base folder and set of binaries.
 
     ``acquire`` registers a run as a user (starting the server when needed), ``release``
-    unregisters it and stops the server when no live run is left.
+    unregisters it and stops the server when no live run is left, unless ``idle`` (seconds)
+    is positive: then a keeper process stops it after that long without a run.
     """
 
-    def __init__(self, base_dir: Path | None = None, bindir: Path | None = None) -> None:
+    def __init__(self, base_dir: Path | None = None, bindir: Path | None = None, *, idle: float = 0) -> None:
         self.bindir = bindir or find_bindir()
         choice = BaseChoice(Path(base_dir)) if base_dir else default_base_dir()
         self.note = choice.note
         self.base = choice.path
         # Keyed by major version: a newer wheel never tries to start an older cluster.
         key = hashlib.sha256(str(self.bindir).encode()).hexdigest()[:8]
-        self.home = self.base / f"pg{server_major(self.bindir)}-{key}"
+        self._setup(self.base / f"pg{server_major(self.bindir, self.base)}-{key}", idle)
+
+    @classmethod
+    def at(cls, home: Path, bindir: Path) -> EmbeddedServer:
+        """The server of an existing ``home`` (for the keeper, which must not recompute it)."""
+        server = cls.__new__(cls)
+        server.bindir, server.note, server.base = bindir, None, home.parent
+        server._setup(home, 0)
+        server._binaries_checked = True  # the caller passes binaries its account can run
+        return server
+
+    def _setup(self, home: Path, idle: float) -> None:
+        self.home = home
+        #: Seconds the server outlives its last run (0: it stops with it).
+        self.idle = idle if os.name == "posix" else 0
         self.data = self.home / "data"
         self.users = self.home / "runs"
         self.log = self.home / "server.log"
         self._lock = filelock.FileLock(str(self.home / "server.lock"))
         self._run_as = _run_as_user()
+        self._binaries_checked = False
         self._reflink: bool | None = None
 
     @property
@@ -167,7 +171,11 @@ class EmbeddedServer:
         with self._lock:
             self._register(run_id)
             self._ensure_usable_binaries()
-            return self._ensure_running()
+            address = self._ensure_running()
+            if self.idle > 0:
+                # Before any test: a run killed with -9 never reaches ``release``.
+                ensure_keeper(self)
+            return address
 
     def address(self) -> ServerAddress:
         """Address of the running server, starting it if a crash or a reboot stopped it."""
@@ -183,13 +191,33 @@ class EmbeddedServer:
         with self._lock:
             with contextlib.suppress(FileNotFoundError):
                 (self.users / f"{run_id}").unlink()
-            if self._live_users():
+            if self.idle > 0 and self._running_port() is not None:
+                # Kept for the next run; the last run to leave sets the idle period.
+                ensure_keeper(self)
                 return False
-            self._ensure_usable_binaries()
-            if self._running_port() is None:
-                return False
-            self._pg_ctl("stop", "-D", str(self.data), "-m", "fast", "-w", "-t", "60")
-            return True
+            return self.stop_unless_used()
+
+    def stop_unless_used(self) -> bool:
+        """Stop the server if no live run uses it (the caller holds the lock). True if stopped."""
+        if self.live_users():
+            return False
+        self._ensure_usable_binaries()
+        if self._running_port() is None:
+            return False
+        self._pg_ctl("stop", "-D", str(self.data), "-m", "fast", "-w", "-t", "60")
+        return True
+
+    @property
+    def lock(self) -> filelock.FileLock:
+        return self._lock
+
+    def postmaster_pid(self) -> int | None:
+        """The live postmaster's pid, from its pid file (None when it is not running)."""
+        try:
+            pid = int((self.data / "postmaster.pid").read_text().split("\n", 1)[0])
+        except (OSError, ValueError):
+            return None
+        return pid if pid_alive(pid) else None
 
     def restart(self) -> ServerAddress:
         """Restart the running server (same port): what a crash-recovery or failover looks
@@ -218,11 +246,23 @@ class EmbeddedServer:
     def _ensure_usable_binaries(self) -> None:
         """The unprivileged account may not reach binaries inside a root-only virtualenv;
         then run a private copy of the install tree (41 MB, copied once per base folder)."""
-        if self._run_as is None:
+        if self._run_as is None or self._binaries_checked:
             return
+        self._binaries_checked = True
+        # What an earlier run found usable (these binaries, or our private copy of them):
+        # a rerun spawns nothing to probe again. The memo names the binaries it was made for.
+        memo = self.home / ".binaries-usable"
+        with contextlib.suppress(OSError):
+            made_for, _, usable = memo.read_text().partition("\n")
+            if made_for == str(self.bindir) and (Path(usable) / "pg_ctl").exists():
+                self.bindir = Path(usable)
+                return
+        original = self.bindir
         try:
             probe = self._run([str(self.bindir / "postgres"), "--version"], what="postgres", check=False)
             if probe.returncode == 0:
+                with contextlib.suppress(OSError):
+                    memo.write_text(f"{original}\n{original}")
                 return
         except OSError:
             pass
@@ -241,20 +281,29 @@ class EmbeddedServer:
             shutil.rmtree(copy_root, ignore_errors=True)
             staging.rename(copy_root)
         self.bindir = copied_bin
+        with contextlib.suppress(OSError):
+            memo.write_text(f"{original}\n{copied_bin}")
 
     def _register(self, run_id: str) -> None:
         (self.users / run_id).write_text(str(os.getpid()))
 
-    def _live_users(self) -> list[str]:
-        live = []
-        for entry in self.users.iterdir():
+    def live_users(self, *, prune: bool = True) -> list[str]:
+        """Runs registered whose process lives. ``prune`` (under the lock only) removes the
+        others; without the lock a half-written registration counts as live."""
+        live: list[str] = []
+        try:
+            entries = list(self.users.iterdir())
+        except OSError:
+            return live
+        for entry in entries:
             try:
-                pid = int(entry.read_text().strip() or 0)
+                text = entry.read_text().strip()
+                pid = int(text or 0)
             except (OSError, ValueError):
-                pid = 0
-            if pid and pid_alive(pid):
+                text, pid = "", 0
+            if (pid and pid_alive(pid)) or (not prune and not text):
                 live.append(entry.name)
-            else:
+            elif prune:
                 with contextlib.suppress(OSError):
                     entry.unlink()
         return live
@@ -277,6 +326,8 @@ class EmbeddedServer:
             return None
         if not pid_alive(pid):
             return None
+        if len(lines) > 7 and lines[7].strip() == "ready":
+            return port  # what pg_ctl status would say, without spawning it
         status = self._pg_ctl("status", "-D", str(self.data), check=False)
         return port if status.returncode == 0 else None
 

@@ -9,6 +9,13 @@ from tests.helpers import AlembicProject, drop_ours
 
 
 @pytest.fixture(autouse=True)
+def _server_stops_with_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inner runs stop their embedded server as they end, as on CI (test_idle_server.py
+    covers the server that outlives a run)."""
+    monkeypatch.setenv("DBBRANCH_EMBEDDED_IDLE", "0")
+
+
+@pytest.fixture(autouse=True)
 def _clean_server(embedded_url: str) -> None:
     """Each inner run starts from a server with nothing of ours on it."""
     drop_ours(embedded_url)
