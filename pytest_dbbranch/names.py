@@ -96,9 +96,9 @@ BRANCH_NAME_RE = re.compile(r"^dbb-(?P<run>[a-z0-9]{1,12})-[a-z0-9]{1,8}-[a-z]-(
 TEMPLATE_NAME_RE = re.compile(r"^dbbt-[0-9a-f]{10}-[0-9a-f]{20}$")
 SOURCE_NAME_RE = re.compile(r"^dbbs-[0-9a-f]{24}$")
 #: Lakebase: the run's branch, and the branch that holds a fingerprint's sealed templates
-#: (key, then the UTC minute it was forked from the source: a newer copy replaces it).
+#: (key, then the UTC second it was forked from the source: a newer copy replaces it).
 RUN_BRANCH_RE = re.compile(r"^dbbr-(?P<run>[a-z0-9]{1,12})-[0-9a-f]{4}$")
-LAKEBASE_TEMPLATE_RE = re.compile(r"^dbbl-(?P<key>[0-9a-f]{12})-(?P<minute>[0-9]{12})-[0-9a-f]{4}$")
+LAKEBASE_TEMPLATE_RE = re.compile(r"^dbbl-(?P<key>[0-9a-f]{12})-(?P<second>[0-9]{14})-[0-9a-f]{4}$")
 #: Every generated name ends in a short hash of the rest: a database someone named like ours
 #: by hand passes that check once in 65,536 times.
 CHECK_LEN = 4
@@ -132,9 +132,10 @@ def run_branch_name(run_id: str) -> str:
 
 def lakebase_template_name(key: str, forked_at: float) -> str:
     """A Lakebase branch of sealed templates for ``key``, forked from the source at
-    ``forked_at`` (UTC minute, so the newest copy sorts last)."""
-    minute = time.strftime("%Y%m%d%H%M", time.gmtime(forked_at))
-    return validate(_checked(f"dbbl-{key[:12]}-{minute}-"))
+    ``forked_at`` (UTC second: two jobs copying the source in the same second build one
+    branch, the second waits for the first's)."""
+    second = time.strftime("%Y%m%d%H%M%S", time.gmtime(forked_at))
+    return validate(_checked(f"dbbl-{key[:12]}-{second}-"))
 
 
 def run_of(name: str) -> str | None:

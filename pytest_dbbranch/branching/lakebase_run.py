@@ -266,7 +266,7 @@ class LakebaseRun:
     def _heartbeat(self) -> None:
         """Extend the run branch's TTL while the run lives: a long suite never loses its
         branch, and a dead run's branch is gone one TTL after its last beat."""
-        every = max(5.0, self.config.run_ttl / 4)
+        every = max(1.0, self.config.run_ttl / 4)
         while not self._stop.wait(every):
             try:
                 self.api.extend(self.name, self.config.run_ttl)

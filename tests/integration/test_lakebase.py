@@ -162,15 +162,15 @@ def test_a_migration_change_makes_a_new_template_branch_and_gc_removes_the_old(
         assert branch.connection.execute("SELECT colour FROM widgets").fetchall() == [(None,)]
 
 
-def test_credentials_of_four_seconds_in_every_isolation_mode(
+def test_short_lived_credentials_in_every_isolation_mode(
     lakebase: Settings,
     emulator: LakebaseEmulator,
     make_manager: MakeManager,
 ) -> None:
-    """Tokens that expire every 4 s: connections opened long after a branch was made, a
+    """Tokens that expire after 2 s: connections opened long after a branch was made, a
     SQLAlchemy pool that opens new connections, rollback isolation's shared connection and
     a test's own Lakebase branch all log in, because each login asks for a fresh token."""
-    emulator.behaviour = dataclasses.replace(emulator.behaviour, credential_lifetime=4.0)
+    emulator.behaviour = dataclasses.replace(emulator.behaviour, credential_lifetime=2.0)
     manager = make_manager(base=lakebase)
     for isolation in ("branch", "rollback", "lakebase_branch"):
         settings = lakebase.with_overrides("test", isolation=isolation)
@@ -180,7 +180,7 @@ def test_credentials_of_four_seconds_in_every_isolation_mode(
             engine = branch.engine(**pooled)
             with engine.connect() as conn:
                 assert conn.exec_driver_sql("SELECT count(*) FROM widgets").scalar() == 1
-            time.sleep(5.0)
+            time.sleep(2.5)
             with engine.connect() as conn:  # recycled: a new login, after the token expired
                 assert conn.exec_driver_sql("SELECT count(*) FROM widgets").scalar() == 1
             with branch.connect() as conn:
@@ -207,7 +207,7 @@ def test_the_heartbeat_extends_the_run_branch(
     lakebase: Settings, emulator: LakebaseEmulator, make_manager: MakeManager
 ) -> None:
     """A run longer than its TTL keeps its branch: the heartbeat pushes the expiry on."""
-    manager = make_manager(base=lakebase, lakebase_run_ttl=12)
+    manager = make_manager(base=lakebase, lakebase_run_ttl=6)
     manager.template()
 
     def expiry() -> float:
@@ -215,7 +215,7 @@ def test_the_heartbeat_extends_the_run_branch(
         return _seconds(run["status"]["expire_time"])
 
     first = expiry()
-    time.sleep(7.0)
+    time.sleep(3.5)  # beats every 1.5 s
     assert expiry() > first + 2
 
 
