@@ -89,6 +89,10 @@ class LakebaseApi:
         self._lock = threading.Lock()
         self._durations: dict[str, float] = {}
         self._endpoints: dict[str, EndpointInfo] = {}
+        #: When each branch this process created became READY, and how long after that its
+        #: compute had a host (learnt): the first endpoint read waits for it.
+        self._ready_at: dict[str, float] = {}
+        self._host_delay = 0.0
         self.status_capture = install_status_capture(client)
 
     # -- names ---------------------------------------------------------------------------------
@@ -207,6 +211,8 @@ class LakebaseApi:
                     self.refused_creates += 1
                 self._backoff(attempt, failure, deadline, what)
                 continue
+            with self._lock:
+                self._ready_at[self.branch_name(branch_id)] = time.monotonic()
             response = finished.response
             if response:
                 return branch_info(Branch.from_dict(response))
@@ -277,6 +283,13 @@ class LakebaseApi:
         if cached is not None:
             return cached
         deadline = time.monotonic() + self.endpoint_timeout
+        with self._lock:
+            ready_at = self._ready_at.pop(branch, None)
+            delay = self._host_delay
+        if ready_at is not None and delay > 0:
+            # A new branch's compute gets its host a moment after the branch is READY: read
+            # when it is expected (learnt from earlier branches), not once before and once after.
+            time.sleep(max(0.0, ready_at + delay - time.monotonic()))
         endpoint = self._read_endpoint(f"{branch}/endpoints/{PRIMARY}")
         if endpoint is None:
             endpoint = self._find_or_create_endpoint(branch)
@@ -296,6 +309,9 @@ class LakebaseApi:
         info = endpoint_info(endpoint.name, host, state)
         with self._lock:
             self._endpoints[branch] = info
+            if ready_at is not None:
+                seen = time.monotonic() - ready_at
+                self._host_delay = seen if self._host_delay == 0 else 0.5 * (self._host_delay + seen)
         return info
 
     def credential(self, endpoint_name: str, *, ttl: float | None = None) -> Credential:
