@@ -17,14 +17,16 @@ import socket
 import ssl
 import struct
 import threading
+import time
 from collections.abc import Iterator
 
 from ..conninfo import ServerAddress
-from ..errors import ServerError
 
 #: PostgreSQL's SSLRequest: length 8, then the magic code 80877103.
 SSL_REQUEST = struct.pack("!ii", 8, 80877103)
 NEEDS_TLS = ("require", "verify-ca", "verify-full")
+#: How long a connection is retried while the server's compute starts.
+WAKE_SECONDS = 30.0
 
 
 @contextlib.contextmanager
@@ -64,21 +66,40 @@ def tls_relay(address: ServerAddress) -> Iterator[ServerAddress]:
 
 def _relay(client: socket.socket, upstream: tuple[str, int], context: ssl.SSLContext) -> None:
     with client:
+        tls = _open(upstream, context)
+        if tls is None:
+            return
+        with tls:
+            try:
+                _pump(client, tls)
+            except (OSError, ssl.SSLError):
+                return
+
+
+def _open(upstream: tuple[str, int], context: ssl.SSLContext) -> ssl.SSLSocket | None:
+    """A TLS session to the server, retried for a while: a compute that is starting or waking
+    from scale-to-zero refuses or drops the first connections (the plugin's own connections
+    retry the same way)."""
+    deadline = time.monotonic() + WAKE_SECONDS
+    delay = 0.2
+    while True:
+        raw: socket.socket | None = None
         try:
             raw = socket.create_connection(upstream, timeout=30)
-        except OSError:
-            return
-        try:
             raw.sendall(SSL_REQUEST)
             if raw.recv(1) != b"S":
-                raise ServerError(f"the server at {upstream[0]}:{upstream[1]} refused TLS")
-            with context.wrap_socket(raw, server_hostname=upstream[0]) as tls:
-                tls.settimeout(None)
-                _pump(client, tls)
-        except (OSError, ssl.SSLError, ServerError):
-            return
-        finally:
-            raw.close()
+                raw.close()
+                return None  # the server does not speak TLS: the client program says so
+            tls = context.wrap_socket(raw, server_hostname=upstream[0])
+            tls.settimeout(None)
+            return tls
+        except (OSError, ssl.SSLError):
+            if raw is not None:
+                raw.close()
+            if time.monotonic() + delay > deadline:
+                return None
+        time.sleep(delay)
+        delay = min(delay * 2, 3.0)
 
 
 def _pump(client: socket.socket, tls: ssl.SSLSocket) -> None:

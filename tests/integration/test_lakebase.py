@@ -167,10 +167,10 @@ def test_short_lived_credentials_in_every_isolation_mode(
     emulator: LakebaseEmulator,
     make_manager: MakeManager,
 ) -> None:
-    """Tokens that expire after 2 s: connections opened long after a branch was made, a
+    """Tokens that expire after 1 s: connections opened long after a branch was made, a
     SQLAlchemy pool that opens new connections, rollback isolation's shared connection and
     a test's own Lakebase branch all log in, because each login asks for a fresh token."""
-    emulator.behaviour = dataclasses.replace(emulator.behaviour, credential_lifetime=2.0)
+    emulator.behaviour = dataclasses.replace(emulator.behaviour, credential_lifetime=1.0)
     manager = make_manager(base=lakebase)
     for isolation in ("branch", "rollback", "lakebase_branch"):
         settings = lakebase.with_overrides("test", isolation=isolation)
@@ -180,7 +180,7 @@ def test_short_lived_credentials_in_every_isolation_mode(
             engine = branch.engine(**pooled)
             with engine.connect() as conn:
                 assert conn.exec_driver_sql("SELECT count(*) FROM widgets").scalar() == 1
-            time.sleep(2.5)
+            time.sleep(1.5)
             with engine.connect() as conn:  # recycled: a new login, after the token expired
                 assert conn.exec_driver_sql("SELECT count(*) FROM widgets").scalar() == 1
             with branch.connect() as conn:
@@ -254,8 +254,8 @@ def test_a_template_branch_older_than_the_max_age_is_not_forked(
     first = make_manager(base=lakebase)
     first.template()
     first.close()
-    time.sleep(2.5)
-    second = make_manager(base=lakebase, lakebase_template_max_age=2)
+    time.sleep(1.5)
+    second = make_manager(base=lakebase, lakebase_template_max_age=1)
     second.template()
     assert alembic_project.runs == 2
     assert len(ours(emulator, "template-branch")) == 2
