@@ -125,5 +125,7 @@ def test_a_run_killed_with_queued_drops_is_cleaned_by_the_next_run(settings: Set
     assert left, "every drop finished before the kill: nothing left to show the reaper works"
     with BranchManager(settings) as next_run:
         next_run.backend()  # opening the server reaps the branches of dead runs
-        assert next_run.stats.branches_reaped >= len(left)
+        # A DROP the killed process had already sent may still finish on the server, so the
+        # reaper finds all of ``left`` but that one.
+        assert next_run.stats.branches_reaped >= len(left) - 1
     assert not [name for name in our_branches(settings.url) if "doomed1" in name]
