@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from .. import names
 from ..backends import Backend, Tag
@@ -84,16 +84,8 @@ class WarmPool:
         leftovers = list(self._ready) + list(self._to_drop)
         self._ready.clear()
         self._to_drop.clear()
-        backend = self._backend
-        if backend is not None:
-            for name in leftovers:
-                try:
-                    backend.drop(name)
-                except Exception as exc:
-                    log.warning("pytest-dbbranch: the warm pool could not drop %s: %s", name, exc)
-                else:
-                    self._stats.increment("branches_dropped")
-            backend.close()
+        if self._backend is not None:
+            _drop_and_close(self._backend, leftovers, self._stats, "the warm pool could not drop")
 
     def _loop(self) -> None:
         try:
@@ -193,16 +185,8 @@ class _DropQueue:
         self._thread.join(timeout=120)
         leftovers = list(self._names)
         self._names.clear()
-        backend = self._backend
-        if backend is not None:
-            for name in leftovers:  # the thread failed: finish on this thread
-                try:
-                    backend.drop(name)
-                except Exception as exc:
-                    log.warning("pytest-dbbranch: could not drop %s: %s", name, exc)
-                else:
-                    self._stats.increment("branches_dropped")
-            backend.close()
+        if self._backend is not None:  # the thread failed: finish on this thread
+            _drop_and_close(self._backend, leftovers, self._stats, "could not drop")
 
     def _loop(self) -> None:
         try:
@@ -231,3 +215,16 @@ class _DropQueue:
                 self._failed = exc
                 self._names.clear()  # the run's reaper finds them: they carry its tag
             log.warning("pytest-dbbranch: background drops stopped: %s", exc)
+
+
+def _drop_and_close(backend: Backend, names: Iterable[str], stats: Stats, failure: str) -> None:
+    """What a background thread left: dropped here, a failure logged (the session is ending,
+    and the reaper of the next run takes what is left), then the thread's connection closed."""
+    for name in names:
+        try:
+            backend.drop(name)
+        except Exception as exc:
+            log.warning("pytest-dbbranch: %s %s: %s", failure, name, exc)
+        else:
+            stats.increment("branches_dropped")
+    backend.close()
