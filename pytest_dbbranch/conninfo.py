@@ -188,6 +188,19 @@ def as_source(address: ServerAddress | AddressSource) -> AddressSource:
     return StaticAddress(address) if isinstance(address, ServerAddress) else address
 
 
+def connect_fresh(source: AddressSource, dbname: str | None = None, **kwargs: Any) -> Any:
+    """The one place that retries a refused login, once, with a fresh credential (a rotated
+    or expired token shows up only at login); psycopg's own error otherwise."""
+    import psycopg
+
+    try:
+        return psycopg.connect(source.current().conninfo(dbname), **kwargs)
+    except psycopg.OperationalError as exc:
+        if not (login_refused(exc) and source.refresh()):
+            raise
+    return psycopg.connect(source.current().conninfo(dbname), **kwargs)
+
+
 #: SQLSTATEs of a refused login: invalid_password, invalid_authorization_specification.
 LOGIN_REFUSED = frozenset({"28P01", "28000"})
 

@@ -23,6 +23,9 @@ NAME_RE = re.compile(r"^[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 BRANCH_PREFIX = "dbb"
 TEMPLATE_PREFIX = "dbbt"
 SOURCE_PREFIX = "dbbs"
+#: Lakebase only: a run's branch, and a branch holding a fingerprint's sealed templates.
+RUN_PREFIX = "dbbr"
+LAKEBASE_TEMPLATE_PREFIX = "dbbl"
 
 SCOPE_CODES = {"function": "f", "class": "c", "module": "m", "package": "p", "session": "s"}
 
@@ -127,7 +130,7 @@ def generated_kind(name: str) -> str | None:
 
 def run_branch_name(run_id: str) -> str:
     """The Lakebase branch of a run: every process of the run computes it from the run id."""
-    return validate(_checked(f"dbbr-{run_key(run_id)}-"))
+    return validate(_checked(f"{RUN_PREFIX}-{run_key(run_id)}-"))
 
 
 def lakebase_template_name(key: str, forked_at: float) -> str:
@@ -135,7 +138,7 @@ def lakebase_template_name(key: str, forked_at: float) -> str:
     ``forked_at`` (UTC second: two jobs copying the source in the same second build one
     branch, the second waits for the first's)."""
     second = time.strftime("%Y%m%d%H%M%S", time.gmtime(forked_at))
-    return validate(_checked(f"dbbl-{key[:12]}-{second}-"))
+    return validate(_checked(f"{LAKEBASE_TEMPLATE_PREFIX}-{key[:12]}-{second}-"))
 
 
 def run_of(name: str) -> str | None:
@@ -164,6 +167,5 @@ def validate(name: str) -> str:
 
 def is_ours(name: str) -> bool:
     """Cheap pre-filter by prefix; the tag on the database is what actually decides."""
-    return name.startswith(
-        (f"{BRANCH_PREFIX}-", f"{TEMPLATE_PREFIX}-", f"{SOURCE_PREFIX}-", "dbbr-", "dbbl-")
-    )
+    prefixes = (BRANCH_PREFIX, TEMPLATE_PREFIX, SOURCE_PREFIX, RUN_PREFIX, LAKEBASE_TEMPLATE_PREFIX)
+    return name.startswith(tuple(f"{prefix}-" for prefix in prefixes))

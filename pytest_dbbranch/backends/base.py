@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from ..conninfo import ServerAddress, login_refused
+from ..conninfo import ServerAddress, connect_fresh
 from ..names import run_key
 
 if TYPE_CHECKING:
@@ -213,13 +213,20 @@ def build_lock(name: str) -> str:
 
 
 def connect(backend: Backend, name: str, **kwargs: Any) -> psycopg.Connection[Any]:
-    """Open a connection to branch ``name``: the one place that retries a refused login with
-    a fresh credential (a rotated or revoked token shows up only at login), once."""
-    import psycopg
+    """Open a connection to branch ``name``, with a fresh credential after a refused login."""
+    conn: psycopg.Connection[Any] = connect_fresh(_BranchAddress(backend, name), **kwargs)
+    return conn
 
-    try:
-        return psycopg.connect(backend.address(name).conninfo(), **kwargs)
-    except psycopg.OperationalError as exc:
-        if not login_refused(exc) or not backend.refresh_credentials(name):
-            raise
-    return psycopg.connect(backend.address(name).conninfo(), **kwargs)
+
+class _BranchAddress:
+    """One branch of a backend as an ``AddressSource``."""
+
+    def __init__(self, backend: Backend, name: str) -> None:
+        self.backend = backend
+        self.name = name
+
+    def current(self) -> ServerAddress:
+        return self.backend.address(self.name)
+
+    def refresh(self) -> bool:
+        return self.backend.refresh_credentials(self.name)

@@ -202,8 +202,6 @@ class LakebaseProject:
     def connect(self, branch: str, dbname: str | None = None, **kwargs: Any) -> psycopg.Connection[Any]:
         """A connection to ``branch``, retried while its compute starts or wakes from scale-to-
         zero (a new branch's compute starts on the first login)."""
-        import psycopg
-
         from .postgres import connect
 
         deadline = time.monotonic() + WAKE_SECONDS
@@ -213,9 +211,6 @@ class LakebaseProject:
                 return connect(self.address(branch, dbname), **kwargs)
             except ServerError as exc:
                 if time.monotonic() + delay > deadline or not _waking(str(exc)):
-                    raise
-            except psycopg.OperationalError:
-                if time.monotonic() + delay > deadline:
                     raise
             time.sleep(delay)
             delay = min(delay * 2, 3.0)

@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 import psycopg
 from psycopg import sql
 
-from ..conninfo import AddressSource, ServerAddress, as_source, describe_connect_error, login_refused
+from ..conninfo import AddressSource, ServerAddress, as_source, connect_fresh, describe_connect_error
 from ..errors import (
     BranchExistsError,
     ConfigError,
@@ -51,17 +51,13 @@ def connect(
     """Connect with an error that says where we tried and what to fix, without the password.
     A source with rotating credentials gets one retry with a fresh one after a refused login."""
     source = as_source(address)
-    current = source.current()
     try:
-        return psycopg.connect(current.conninfo(dbname), connect_timeout=CONNECT_TIMEOUT, **kwargs)
+        conn: psycopg.Connection[Any] = connect_fresh(
+            source, dbname, connect_timeout=CONNECT_TIMEOUT, **kwargs
+        )
     except psycopg.OperationalError as exc:
-        if not (login_refused(exc) and source.refresh()):
-            raise ServerError(describe_connect_error(current, dbname, exc)) from None
-    current = source.current()
-    try:
-        return psycopg.connect(current.conninfo(dbname), connect_timeout=CONNECT_TIMEOUT, **kwargs)
-    except psycopg.OperationalError as exc:
-        raise ServerError(describe_connect_error(current, dbname, exc)) from None
+        raise ServerError(describe_connect_error(source.current(), dbname, exc)) from None
+    return conn
 
 
 #: After the admin connection breaks, how long reconnecting may take (a restart, a
@@ -74,6 +70,19 @@ DEFAULT_TIMEOUT = 600.0
 def advisory_key(text: str) -> int:
     """A stable signed 64-bit key; every process derives the same one from a name."""
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big", signed=True)
+
+
+#: Whether some session holds an advisory lock, by its (classid, objid) columns.
+HELD_QUERY = (
+    "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND classid = %s"
+    " AND objid = %s AND objsubid = 1 AND granted)"
+)
+
+
+def lock_held(conn: psycopg.Connection[Any], key: str) -> bool:
+    """``is_held`` on a connection of one's own (a quick look at another server)."""
+    row = conn.execute(HELD_QUERY, _lock_columns(advisory_key(key))).fetchone()
+    return bool(row and row[0])
 
 
 def _lock_columns(key: int) -> tuple[int, int]:
@@ -288,13 +297,8 @@ class PostgresBackend:
                 self._held.add(key)
 
     def is_held(self, key: str) -> bool:
-        classid, objid = _lock_columns(advisory_key(key))
         with self._mutex:
-            row = self._exec(
-                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND classid = %s"
-                " AND objid = %s AND objsubid = 1 AND granted)",
-                (classid, objid),
-            ).fetchone()
+            row = self._exec(HELD_QUERY, _lock_columns(advisory_key(key))).fetchone()
         return bool(row and row[0])
 
     @contextmanager

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import threading
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import psycopg
@@ -33,7 +33,7 @@ ASYNC_EXTRA = (
 )
 
 
-def fresh_credentials(engine: Any, password: Any) -> Any:
+def fresh_credentials(engine: Any, password: Callable[[], str | None]) -> Any:
     """Give every connection a SQLAlchemy pool opens the password valid *now*: a URL holds
     one token, and a pool opens connections long after the URL was made (Lakebase tokens
     last an hour, and a test suite may last longer). ``password`` is called per connect."""

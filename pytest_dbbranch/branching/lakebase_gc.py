@@ -22,7 +22,6 @@ from dataclasses import dataclass
 
 from .. import names
 from ..backends import build_lock
-from ..backends.lakebase import LakebaseMark
 from ..errors import DbBranchError
 from .lakebase_run import MARK_GRACE, LakebaseRun
 
@@ -69,7 +68,7 @@ def find_lakebase_garbage(run: LakebaseRun, *, older_than: float | None = None) 
             if not any(run_alive(r) for r in runs):
                 garbage.append(LakebaseGarbage(branch.id, "a test's branch whose run ended"))
         elif kind == "template-branch":
-            mark = _mark(run, branch.id)
+            mark = run.mark_of(branch.id)
             if mark is not None and mark.ready:
                 ready_by_group[mark.group or mark.key].append((branch.create_time or now, branch.id))
             if children[branch.id]:
@@ -112,7 +111,3 @@ def _held(run: LakebaseRun, branch: str, key: str) -> bool:
     """Whether a live process holds ``key`` in ``branch``; a branch we cannot reach counts as
     held (deleting what may be in use is the one mistake gc must not make)."""
     return run.held(branch, key, unreachable=True)
-
-
-def _mark(run: LakebaseRun, branch: str) -> LakebaseMark | None:
-    return run.mark_of(branch)

@@ -31,13 +31,22 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import psycopg
+
 from .. import names
 from ..backends import build_lock
-from ..backends.lakebase import MARK_DATABASE, BranchAddress, LakebaseMark, LakebaseProject
-from ..backends.postgres import PostgresBackend
+from ..backends.lakebase import (
+    MARK_DATABASE,
+    BranchAddress,
+    LakebaseConfig,
+    LakebaseMark,
+    LakebaseProject,
+)
+from ..backends.postgres import PostgresBackend, lock_held
 from ..errors import BranchExistsError, DbBranchError
 from ..progress import Progress
 from ..settings import Settings
+from .sources import parse_source
 from .stats import Stats
 
 log = logging.getLogger("pytest_dbbranch")
@@ -53,13 +62,11 @@ def lakebase_source(settings: Settings, database: str) -> tuple[str | None, str]
     """Where a Lakebase run's data comes from: the source *branch* (None for the project's
     default) and the source as the PostgreSQL backend inside the branch sees it (the data
     database, or a dump file restored there)."""
-    raw = (settings.source or "").strip()
-    if raw.lower() in ("", "empty", "none"):
-        return None, f"db:{database}"
-    path = settings.resolve_path(raw.removeprefix("file:"))
-    if raw.startswith("file:") or path.exists() or "/" in raw:
-        return None, raw
-    return raw.removeprefix("db:"), f"db:{database}"
+    source = parse_source(settings)
+    if source.kind == "dump":
+        return None, f"file:{source.location}"
+    branch = source.location if source.kind == "database" else None
+    return branch, f"db:{database}"
 
 
 def inner_settings(settings: Settings, database: str) -> Settings:
@@ -95,7 +102,7 @@ class LakebaseRun:
         self._stop = threading.Event()
 
     @property
-    def config(self) -> Any:
+    def config(self) -> LakebaseConfig:
         return self.project.config
 
     def backend(self, strategy: str = "auto") -> PostgresBackend:
@@ -216,13 +223,10 @@ class LakebaseRun:
         """Whether a live process holds advisory lock ``key`` in ``branch`` (``unreachable``
         when the branch cannot be reached)."""
         try:
-            backend = self._backend_in(branch)
-        except DbBranchError:
+            with self.project.connect(branch, MARK_DATABASE, autocommit=True) as conn:
+                return lock_held(conn, key)
+        except (DbBranchError, psycopg.Error):
             return unreachable
-        try:
-            return backend.is_held(key)
-        finally:
-            backend.close()
 
     def _build_template_branch(
         self,
@@ -319,6 +323,8 @@ class TestBranches:
     It answers the part of the backend protocol a ``Branch`` and its release use."""
 
     kind = "lakebase"
+    #: Each is a Lakebase branch, one slot of the project's limit: never kept waiting.
+    warm_pool = False
 
     def __init__(self, run: LakebaseRun, template: str) -> None:
         self.run = run
@@ -372,9 +378,8 @@ class TestBranches:
         return BranchRecord(name=name, tag=Tag(kind="branch", run=mark.run, parent=self.run.name))
 
     def retag(self, name: str, tag: Any) -> None:
-        mark = self._marks.get(name)
-        if mark is not None and tag.kept:
-            self._marks.pop(name)  # kept: its TTL removes it
+        if tag.kept:
+            self._marks.pop(name, None)  # kept: its TTL removes it
 
     def drop(self, name: str) -> None:
         if name in self._marks:

@@ -138,8 +138,8 @@ class BackgroundDrops:
 
     def give(self, backend: Backend, name: str) -> bool:
         """Queue ``name`` (its clients are closed); False when the caller must drop it."""
-        if self.limit <= 0 or backend.kind != "postgres" or not backend.warm_pool:
-            return False  # elsewhere a branch is budgeted (Lakebase): drop it now
+        if self.limit <= 0 or not backend.warm_pool:
+            return False  # a branch that costs a slot of a limit (Lakebase's): drop it now
         with self._lock:
             queue = self._queues.get(backend.server_key)
             if queue is None:

@@ -13,6 +13,7 @@ suffix is a dump file, resolved against the rootdir.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -89,7 +90,13 @@ def resolve_parent(
         # PostgreSQL copies a database only for its owner (or a superuser): a CI role that
         # may read production but does not own it (Lakebase's databricks_postgres) gets a
         # dumped copy of its own, made once and sealed like a restored dump.
-        return _own_copy(source, found, backend, run_id=run_id, stats=stats, progress=progress)
+        name = source_name(short_hash(f"copy:{source.identity}|{backend.role}|{backend.source_point}", 64))
+
+        def copy() -> None:
+            with (progress or Progress()).step(f"copying database {found} (not ours to fork) into {name}"):
+                copy_database(backend, found, name, source.where)
+
+        return _sealed_source(source, backend, name, copy, run_id=run_id, stats=stats)
     if not backend.restores_dumps:
         raise SourceError(
             f"{source.where}: a dump file cannot be the source on {backend.kind}; restore it into "
@@ -97,28 +104,18 @@ def resolve_parent(
         )
     # Keyed by role too: another role could not read the tables this one restores.
     name = source_name(short_hash(f"{source.identity}|{backend.role}", 64))
-    built = ensure_sealed(
-        backend,
-        name,
-        tag=Tag(kind="source", run=run_id, parent="", fingerprint=source.identity),
-        parent=lambda: backend.empty_parent,
-        build=lambda: _restore(source, backend, name, progress or Progress()),
-        run_id=run_id,
-    )
-    stats.sources_restored += int(built)
-    backend.hold(use_lock(name))
-    return name
+
+    def restore() -> None:
+        _restore(source, backend, name, progress or Progress())
+
+    return _sealed_source(source, backend, name, restore, run_id=run_id, stats=stats)
 
 
-def _own_copy(
-    source: Source, found: str, backend: Backend, *, run_id: str, stats: Stats, progress: Progress | None
+def _sealed_source(
+    source: Source, backend: Backend, name: str, build: Callable[[], None], *, run_id: str, stats: Stats
 ) -> str:
-    name = source_name(short_hash(f"copy:{source.identity}|{backend.role}|{backend.source_point}", 64))
-
-    def build() -> None:
-        with (progress or Progress()).step(f"copying database {found} (not ours to fork) into {name}"):
-            copy_database(backend, found, name, source.where)
-
+    """A source database of ours (a restored dump, a copy of a database we may not fork),
+    filled once by ``build`` and sealed, then held so no other run drops it under us."""
     built = ensure_sealed(
         backend,
         name,
