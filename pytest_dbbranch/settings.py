@@ -247,8 +247,8 @@ class Settings:
     pool_size: int | None = setting(
         None,
         "Function-scope branches each worker forks ahead in the background on PostgreSQL: a "
-        "number (0 = off) or auto (2 while xdist workers < CPU cores, else off: measured on 2 "
-        "cores, the pool only helps when a core is free for it).",
+        "number (0 = off) or auto (2 while xdist workers <= CPU cores, else off: measured on 2 "
+        "cores at -n 2, the pool halves the time a test waits for its branch).",
         _pool_size,
     )
     check_migrations: bool = setting(
@@ -395,11 +395,13 @@ class Settings:
         return self.backend
 
     def effective_pool_size(self) -> int:
-        """``auto``: a pool only when a CPU core is left for its background thread."""
+        """``auto``: a pool unless the workers already outnumber the cores. At -n 2 on 2
+        cores it still pays (the forks overlap pytest's own work between tests); with more
+        workers than cores its thread only competes with theirs."""
         if self.pool_size is not None:
             return self.pool_size
         workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
-        return 2 if workers < (os.cpu_count() or 1) else 0
+        return 2 if workers <= (os.cpu_count() or 1) else 0
 
     def effective_embedded_idle(self) -> int:
         """Unless set: keep the server for a local rerun, never on CI (no run comes back)."""

@@ -47,11 +47,10 @@ def _project(ws: Workspace) -> Path:
     return folder
 
 
-def _env(ws: Workspace, embedded: Path, idle: str, *, pycache: bool = True) -> dict[str, str]:
+def _env(ws: Workspace, embedded: Path, idle: str) -> dict[str, str]:
+    # With a bytecode cache, as a developer's rerun has, and the environment's other pytest
+    # plugins (unlike the suites): the issue's own baseline, pytest with what is installed.
     env = ws.base_env()
-    if pycache:
-        env.pop("PYTHONDONTWRITEBYTECODE", None)  # a developer's rerun has its .pyc files
-        env["PYTHONPYCACHEPREFIX"] = str(ws.root / "pycache")
     env["DBBRANCH_EMBEDDED_DIR"] = str(embedded)
     env["DBBRANCH_EMBEDDED_IDLE"] = idle
     env.pop("CI", None)
@@ -102,7 +101,7 @@ def run_rerun(
         for _ in range(reps):
             for key, (args, idle) in variants.items():
                 before = _postmaster(embedded)
-                env = _env(ws, embedded, idle, pycache=smoke_server is None)
+                env = _env(ws, embedded, idle)
                 walls[key].append(_run(ws, folder, args, env))
                 if key == "idle" and before is not None and _postmaster(embedded) == before:
                     attached += 1

@@ -149,8 +149,9 @@ class Backend(Protocol):
     def exists(self, name: str) -> bool:
         """Whether anything (ours or not) has this name."""
 
-    def list_ours(self) -> list[BranchRecord]:
-        """Every branch, template and source this tool created on the server."""
+    def list_ours(self, *, sizes: bool = True) -> list[BranchRecord]:
+        """Every branch, template and source this tool created on the server; ``sizes=False``
+        where nobody shows them (a size reads every file of every database)."""
 
     def drop(self, name: str) -> None:
         """Drop ``name`` after checking our tag; a branch already gone is fine."""

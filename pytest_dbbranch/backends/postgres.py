@@ -249,11 +249,15 @@ class PostgresBackend:
             cur = self._exec("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
             return cur.fetchone() is not None
 
-    def list_ours(self) -> list[BranchRecord]:
+    def list_ours(self, *, sizes: bool = True) -> list[BranchRecord]:
+        size = (
+            "CASE WHEN has_database_privilege(d.oid, 'CONNECT') THEN pg_database_size(d.oid) END"
+            if sizes
+            else "NULL::bigint"
+        )
         query = (
             "SELECT d.datname, shobj_description(d.oid, 'pg_database'), d.datistemplate,"
-            " d.datallowconn, CASE WHEN has_database_privilege(d.oid, 'CONNECT')"
-            " THEN pg_database_size(d.oid) END FROM pg_database d ORDER BY d.datname"
+            f" d.datallowconn, {size} FROM pg_database d ORDER BY d.datname"
         )
         for attempt in range(5):
             try:

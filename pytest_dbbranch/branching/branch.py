@@ -51,8 +51,12 @@ class Branch:
         self.revision = revision
         self.settings = settings
         self.failed = False
-        #: The warm pool that drops this branch in the background, if any.
+        #: The warm pool it came from, if any (told when its first connection went unused).
         self.pool: WarmPool | None = None
+        #: The name it takes if it is kept: a pool branch runs under its pool name.
+        self.readable_name = name
+        self._adopted: psycopg.Connection[Any] | None = None
+        self._connection_asked = False
         self.backend = backend
         self._upgrader = upgrader
         self._connection: psycopg.Connection[Any] | None = None
@@ -87,18 +91,39 @@ class Branch:
 
     @property
     def connection(self) -> psycopg.Connection[Any]:
+        self._connection_asked = True
         if self._connection is None or self._connection.closed:
             self._connection = self.connect()
         return self._connection
+
+    def adopt(self, conn: psycopg.Connection[Any]) -> None:
+        """Use a connection opened ahead (by the warm pool) as ``connection``."""
+        self._connection = self._adopted = conn
+        self._extra.append(conn)
+
+    @property
+    def adopted_unused(self) -> bool:
+        """A connection was opened ahead for this branch and the test never asked for it."""
+        return self._adopted is not None and not self._connection_asked
 
     def connect(self, **kwargs: Any) -> psycopg.Connection[Any]:
         """A new connection to this branch; closed for you at teardown if still open."""
         try:
             conn = connect(self.backend, self.name, **kwargs)
         except psycopg.OperationalError as exc:
-            raise self._connect_error(exc) from None
-        self._extra.append(conn)
-        return conn
+            error: DbBranchError = self._connect_error(exc)
+        except ServerError as exc:
+            error = exc
+        else:
+            self._extra.append(conn)
+            return conn
+        try:
+            # Is the whole server gone? The backend then says so, with when and why (and a
+            # stopped run fails its remaining tests at once) rather than this branch alone.
+            self.backend.exists(self.name)
+        except DbBranchError as lost:
+            raise lost from None
+        raise error from None
 
     def _connect_error(self, exc: Exception) -> ServerError:
         """Our own error, raised without psycopg's frames: with ``pytest -l`` their locals

@@ -96,6 +96,18 @@ class BranchManager:
         self._wanted: list[Settings] = []
         #: Things a user should know about this run (where the embedded server's data went).
         self.notes: list[str] = []
+        #: Function-scope branches still to be asked for, when the caller knows (``expect``).
+        self._expected_left: int | None = None
+
+    def expect(self, function_branches: int | None) -> None:
+        """Say how many function-scope branches will be asked for (pytest counts them at
+        collection; under xdist each worker counts them all, an upper bound): the warm pool
+        forks no branch ahead that no test will take."""
+        with self._mutex:
+            self._expected_left = function_branches
+
+    def _expected(self) -> int | None:
+        return self._expected_left
 
     def __enter__(self) -> BranchManager:
         return self
@@ -194,7 +206,7 @@ class BranchManager:
         """
         if self.worker_id not in (None, "master", "gw0"):
             return
-        records = backend.list_ours()
+        records = backend.list_ours(sizes=False)
         garbage = [
             item
             for item in find_garbage(records, run_alive=liveness(backend), current_runs=[self.run_id])
@@ -279,7 +291,7 @@ class BranchManager:
         """Older templates of the group go, unless a live run still forks from them."""
         stale = [
             Garbage(record, "stale-template", f"replaced by {best.name}")
-            for record, best in stale_templates(backend.list_ours())
+            for record, best in stale_templates(backend.list_ours(sizes=False))
             if record.tag.group == plan.group
         ]
         collect(backend, stale)
@@ -318,15 +330,22 @@ class BranchManager:
             )
             rollback.shared = self._shared_connections.get(parent)
             return rollback
-        pool = self._pool(settings, plan, backend) if scope == "function" and isolation == "branch" else None
+        pool = None
+        if scope == "function" and isolation == "branch":
+            with self._mutex:
+                if self._expected_left is not None:
+                    self._expected_left = max(0, self._expected_left - 1)
+            pool = self._pool(settings, plan, backend)
+            self._drops.prepare(backend)
         if pool is not None:
             ready = pool.take()
             if ready is not None:
-                # The pool branch's tag (run, pid, parent) is already right; the name is the news.
-                with self.stats.timed("fork_seconds"):
-                    backend.rename(ready, name)
-                branch = Branch(name, backend, settings, settings.revision, upgrader=self._upgrade)
+                # Its tag (run, pid, parent) is already right; it takes ``name`` only if kept.
+                branch = Branch(ready.name, backend, settings, settings.revision, upgrader=self._upgrade)
+                branch.readable_name = name
                 branch.pool = pool
+                if ready.connection is not None:
+                    branch.adopt(ready.connection)
                 return branch
         parent, target = plan.name, backend
         tag = Tag(kind="branch", run=self.run_id, parent=parent, fingerprint=plan.fingerprint)
@@ -369,6 +388,8 @@ class BranchManager:
         with self._mutex:
             pool = self._pools.get(plan.name)
             if pool is None:
+                if self._expected_left == 0:
+                    return None  # the last test (a one-test rerun): nothing to fork ahead for
                 pool = WarmPool(
                     backend.sibling,
                     template=plan.name,
@@ -377,6 +398,7 @@ class BranchManager:
                     run_id=self.run_id,
                     worker_id=self.worker_id,
                     stats=self.stats,
+                    wanted=self._expected,
                 )
                 self._pools[plan.name] = pool
             return pool
@@ -411,20 +433,32 @@ class BranchManager:
         backend = branch.backend
         keep = branch.settings.keep
         if keep == "always" or (keep == "failed" and branch.failed):
+            self._give_readable_name(branch)
             record = backend.describe(branch.name)
             if record is not None:
                 backend.retag(branch.name, replace(record.tag, kept=True))
             self.stats.branches_kept += 1
             self.kept.append(branch)
             return True
-        if branch.pool is not None and branch.pool.give_back(branch.name):
-            return False  # dropped in the background
+        if branch.pool is not None and branch.adopted_unused:
+            branch.pool.unused_connection()
         if self._drops.give(backend, branch.name):
             return False
         with self.stats.timed("drop_seconds"):
             backend.drop(branch.name)
         self.stats.increment("branches_dropped")
         return False
+
+    def _give_readable_name(self, branch: Branch) -> None:
+        """A kept pool branch takes its test's name, which the run's report prints."""
+        if branch.readable_name == branch.name:
+            return
+        try:
+            branch.backend.rename(branch.name, branch.readable_name)
+        except (DbBranchError, psycopg.Error) as exc:
+            log.warning("pytest-dbbranch: kept %s under its pool name: %s", branch.name, exc)
+        else:
+            branch.name = branch.readable_name
 
     @contextlib.contextmanager
     def branch(

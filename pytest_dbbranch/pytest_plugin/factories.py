@@ -123,8 +123,13 @@ def client_fixture(scope: Scope, client: str) -> Any:
 
     def fixture(**kwargs: Any) -> Any:
         branch = kwargs[info]
-        made = getattr(branch, client)
-        return made() if callable(made) else made
+        failure = None
+        try:
+            made = getattr(branch, client)
+            return made() if callable(made) else made
+        except DbBranchError as exc:  # the server went away under the branch, say
+            failure = str(exc)
+        pytest.fail(f"pytest-dbbranch: {failure}", pytrace=False)
 
     fixture.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
         [inspect.Parameter(info, inspect.Parameter.KEYWORD_ONLY)]

@@ -16,7 +16,14 @@ from ..progress import Progress, Writer
 from ..settings import SPECS, Settings, resolve
 from .factories import MARKER_HELP, branch_fixture, client_fixture
 from .items import make_items
-from .prebuild import forget_requests, read_request, template_requests, variants, write_request
+from .prebuild import (
+    forget_requests,
+    function_branch_count,
+    read_request,
+    template_requests,
+    variants,
+    write_request,
+)
 from .signals import stop_when_orphaned, terminate_like_ctrl_c
 from .state import STATE, RunState, fatal_exit_code
 
@@ -139,6 +146,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     if state is None or session.config.option.collectonly:
         return
     requests = template_requests(session.items)
+    state.function_branches = function_branch_count(session.items)
     if getattr(session.config, "workerinput", None) is not None:
         write_request(state.run_id, state.worker_id or "gw", requests)
     elif requests:

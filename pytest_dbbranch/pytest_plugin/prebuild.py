@@ -61,6 +61,21 @@ def template_requests(items: Iterable[pytest.Item]) -> list[dict[str, str]] | No
     return list(found.values())
 
 
+def function_branch_count(items: Iterable[pytest.Item]) -> int:
+    """How many function-scope branches the items will ask for: one per function-scope
+    branch fixture in each item's closure (what the warm pool may fork ahead for)."""
+    count = 0
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        if info is None:
+            continue
+        for defs in info.name2fixturedefs.values():
+            factory = getattr(defs[-1].func, "dbbranch_factory", None)
+            if factory is not None and factory[0] == "function":
+                count += 1
+    return count
+
+
 def uses_branches(item: pytest.Item) -> bool:
     """Whether the item asks for a branch: a branch fixture (made by ``branch_fixture``) or
     the manager in its fixture closure. (Branch fixtures look the manager up at run time, so

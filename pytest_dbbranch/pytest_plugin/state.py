@@ -40,6 +40,8 @@ class RunState:
     #: override that fixture, and then everything (manager, checks, diff) uses its answer.
     fixture_settings: Settings | None = None
     manager: BranchManager | None = None
+    #: Function-scope branches the collected tests ask for (this worker's upper bound).
+    function_branches: int | None = None
     #: "name url" of branches kept by xdist workers, reported by the controller.
     kept_lines: list[str] = field(default_factory=list)
     #: A worker could not write the schema diff: the run fails.
@@ -80,6 +82,7 @@ class RunState:
                 stats=self.stats,
                 background_drops=True,
             )
+            self.manager.expect(self.function_branches)
         return self.manager
 
     def close(self) -> None:

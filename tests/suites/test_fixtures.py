@@ -107,3 +107,42 @@ def test_plugin_option_group_in_help(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest_inprocess("--help")
     assert result.ret == 0
     result.stdout.fnmatch_lines(["*pytest-dbbranch*", "*--dbbranch-url*", "*--dbbranch-keep*"])
+
+
+def test_a_one_test_run_forks_one_branch(
+    pytester: pytest.Pytester, alembic_project: AlembicProject, embedded_url: str
+) -> None:
+    """The plugin counts the function-scope branches the collected tests ask for, and the
+    warm pool forks none ahead that no test will take: a one-test rerun (the edit-run loop)
+    forks, and drops, exactly one. Two tests: the second branch may come from the pool, and
+    nothing more is forked."""
+    write_tests(
+        pytester,
+        "test_one",
+        """
+        def test_only(db_branch):
+            assert db_branch.execute("SELECT count(*) FROM widgets").fetchone() == (1,)
+
+        def test_without_a_database():
+            pass
+        """,
+    )
+    url = embedded_url
+    result = run_inner(pytester, url, "-p", "no:randomly", "--dbbranch-pool-size", "2")
+    result.assert_outcomes(passed=2)
+    assert summary_counts(result) == (1, 1, 0)
+    result.stdout.fnmatch_lines(["*templates: *"])
+    assert "warm pool" not in result.stdout.str(), "a pool was made for the last test"
+
+    write_tests(
+        pytester,
+        "test_two",
+        """
+        def test_second(db_branch):
+            assert db_branch.execute("SELECT count(*) FROM widgets").fetchone() == (1,)
+        """,
+    )
+    result = run_inner(pytester, url, "-p", "no:randomly", "--dbbranch-pool-size", "2")
+    result.assert_outcomes(passed=3)
+    assert summary_counts(result) == (2, 2, 0)
+    assert our_branches(url) == []

@@ -367,14 +367,16 @@ def test_the_timeout_defaults_to_ten_minutes(tmp_path: Path) -> None:
     assert SPECS_BY_NAME["timeout"].option == "--dbbranch-timeout"
 
 
-def test_pool_size_auto_follows_free_cores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The warm pool only helps when a core is free for its background thread."""
+def test_pool_size_auto_follows_cores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The warm pool is on while the workers do not outnumber the cores."""
     settings = resolve(env={"DBBRANCH_POOL_SIZE": "auto"}, root=tmp_path)
     assert settings.pool_size is None
     monkeypatch.setattr("os.cpu_count", lambda: 2)
     monkeypatch.delenv("PYTEST_XDIST_WORKER_COUNT", raising=False)
     assert settings.effective_pool_size() == 2
     monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "2")
+    assert settings.effective_pool_size() == 2
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "3")
     assert settings.effective_pool_size() == 0
     assert resolve(options={"pool_size": "0"}, root=tmp_path).effective_pool_size() == 0
     with pytest.raises(ConfigError, match="must be at least 0"):

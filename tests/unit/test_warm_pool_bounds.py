@@ -1,73 +1,134 @@
-"""The warm pool never holds more live copies than it was sized for: when its background
-drops fall behind (a durable server takes about a second per DROP), a branch handed back is
-dropped by the caller instead of joining an ever longer queue (the review counted 17 live
-branches 6 s into a 22-test run). Driven with a backend double whose creation the test
-holds back, so the pool's thread is busy and nothing it queues is dropped meanwhile."""
+"""Background work never piles up: the drop queue holds at most ``limit`` used branches (a
+durable server takes about a second per DROP; the review once counted 17 live branches 6 s
+into a 22-test run), and the warm pool never forks more than its size, nor more than the
+tests still to come ask for. Driven with backend doubles whose creation the test holds back,
+so the threads are busy and nothing they queue is dropped meanwhile."""
 
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
-from pytest_dbbranch.branching.pool import WarmPool
+from pytest_dbbranch.branching.pool import BackgroundDrops, WarmPool
 from pytest_dbbranch.branching.stats import Stats
 
 
 class RecordingBackend:
-    """Forks and drops by name, instantly."""
+    """Forks and drops by name, instantly; one server for every sibling."""
 
-    def __init__(self) -> None:
+    warm_pool = True
+    server_key = "double"
+
+    def __init__(self, gate: threading.Event | None = None) -> None:
         self.forked: list[str] = []
         self.dropped: list[str] = []
+        self.gate = gate
+        self._lock = threading.Lock()
+
+    def sibling(self) -> RecordingBackend:
+        if self.gate is not None:
+            assert self.gate.wait(30), "the test never released the backend"
+        return self
 
     def fork(self, name: str, parent: str, tag: Any) -> None:
-        self.forked.append(name)
+        with self._lock:
+            self.forked.append(name)
 
     def drop(self, name: str) -> None:
-        self.dropped.append(name)
+        with self._lock:
+            self.dropped.append(name)
 
     def close(self) -> None:
         pass
 
 
-def test_give_back_refuses_once_size_plus_two_drops_are_pending() -> None:
-    backend = RecordingBackend()
+def settle(pool: WarmPool, count: int) -> None:
+    """Wait until the pool's threads have made ``count`` branches and are idle again."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with pool._cond:
+            if len(pool._ready) >= count and pool._in_flight == 0:
+                return
+        time.sleep(0.01)
+    raise AssertionError(f"the pool never had {count} branches ready")
+
+
+def test_drop_queue_refuses_once_its_limit_is_pending() -> None:
     released = threading.Event()
-
-    def make_backend() -> RecordingBackend:
-        assert released.wait(30), "the test never released the pool's backend"
-        return backend
-
-    pool = WarmPool(
-        make_backend,  # type: ignore[arg-type]  # a double of the Backend protocol
-        template="dbbt-t",
-        fingerprint="f",
-        size=1,
-        run_id="r",
-        worker_id=None,
-        stats=Stats(),
-    )
+    backend = RecordingBackend(gate=released)
+    drops = BackgroundDrops(Stats(), limit=3)
     try:
-        accepted = [pool.give_back(f"dbb-used-{i}") for i in range(6)]
+        accepted = [drops.give(backend, f"dbb-used-{i}") for i in range(6)]  # type: ignore[arg-type]
         assert accepted == [True, True, True, False, False, False]
     finally:
         released.set()
-        pool.close()
+        drops.close()
     # What it accepted it dropped (in the background or at close); the rest was the caller's.
-    assert {"dbb-used-0", "dbb-used-1", "dbb-used-2"} <= set(backend.dropped)
-    assert not {"dbb-used-3", "dbb-used-4", "dbb-used-5"} & set(backend.dropped)
-    assert set(backend.forked) <= set(backend.dropped), "a pooled branch outlived the pool"
+    assert sorted(backend.dropped) == ["dbb-used-0", "dbb-used-1", "dbb-used-2"]
 
 
-def test_a_stopped_pool_gives_everything_back_to_the_caller() -> None:
+def test_a_closed_drop_queue_leaves_the_drop_to_the_caller() -> None:
+    backend = RecordingBackend()
+    drops = BackgroundDrops(Stats(), limit=4)
+    assert drops.give(backend, "dbb-a") is True  # type: ignore[arg-type]
+    drops.close()
+    assert backend.dropped == ["dbb-a"]
+    queue = next(iter(drops._queues.values()), None)
+    assert queue is None, "close forgets its queues: a later give starts a new one"
+
+
+def test_pool_never_forks_more_than_its_size_with_two_threads() -> None:
+    backend = RecordingBackend()
     pool = WarmPool(
-        RecordingBackend,  # type: ignore[arg-type]
+        backend.sibling,  # type: ignore[arg-type]  # a double of the Backend protocol
         template="dbbt-t",
         fingerprint="f",
         size=2,
         run_id="r",
         worker_id=None,
         stats=Stats(),
+        preconnect=False,  # the double has no server to connect to
     )
-    pool.close()
-    assert pool.give_back("dbb-late") is False
+    try:
+        settle(pool, 2)
+        time.sleep(0.05)
+        assert len(backend.forked) == 2
+        taken = pool.take()
+        assert taken is not None and taken.connection is None
+        settle(pool, 2)
+        assert len(backend.forked) == 3, "one taken, one forked in its place"
+    finally:
+        pool.close()
+    # Everything it forked and did not hand out, it dropped.
+    assert set(backend.forked) - {taken.name} == set(backend.dropped)
+
+
+def test_pool_forks_no_branch_no_test_will_take() -> None:
+    """``wanted``: the tests still to come. With one left the pool keeps one ready, with
+    none it forks nothing more (the end of every run, and a one-test rerun)."""
+    backend = RecordingBackend()
+    left = [1]
+    pool = WarmPool(
+        backend.sibling,  # type: ignore[arg-type]
+        template="dbbt-t",
+        fingerprint="f",
+        size=2,
+        run_id="r",
+        worker_id=None,
+        stats=Stats(),
+        wanted=lambda: left[0],
+        preconnect=False,
+    )
+    try:
+        settle(pool, 1)
+        time.sleep(0.05)
+        assert len(backend.forked) == 1
+        left[0] = 0
+        assert pool.take() is not None
+        time.sleep(0.05)
+        assert len(backend.forked) == 1, "forked a branch after the last test took its own"
+        assert pool.take() is None
+    finally:
+        pool.close()
+    assert backend.dropped == []
