@@ -282,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     result["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     result.setdefault("ratios", report.compute_ratios(result["per_test"]) if "per_test" in result else {})
     report.add_lakebase_ratio(result)
+    result["targets"] = report.targets(result)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")
     report.plot(result, args.plot)

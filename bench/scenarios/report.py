@@ -80,6 +80,61 @@ def _s(entry: dict[str, Any]) -> str:
     return f"{entry['median_s']:.2f} ({entry['min_s']:.2f}–{entry['max_s']:.2f})"
 
 
+def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The speed targets this project set itself (issue 15), each with this run's figure;
+    a target whose scenario did not run is left out."""
+    found: list[dict[str, Any]] = []
+
+    def add(name: str, measured: float, limit: float, unit: str, *, at_least: bool = False) -> None:
+        met = measured >= limit if at_least else measured <= limit
+        found.append(
+            {"target": name, "measured": round(measured, 3), "limit": limit, "unit": unit, "met": met}
+        )
+
+    per_test = result.get("per_test", {})
+    pool0, floor = per_test.get("db_branch_pool0", {}), per_test.get("raw_floor", {})
+    if measured(pool0) and measured(floor):
+        add(
+            "plugin cost without the warm pool ÷ raw SQL floor",
+            pool0["median_ms"] / floor["median_ms"],
+            1.05,
+            "×",
+        )
+    runs = result.get("suite", {}).get("runs", {})
+    default, other = runs.get("db_branch_pool2", {}), runs.get("pytest_postgresql", {})
+    if "n2" in default and "n2" in other:
+        add(
+            "test-visible cost at -n 2 (default settings), median",
+            default["n2"]["per_test"]["median_ms"],
+            10,
+            "ms",
+        )
+        add(
+            "300-test suite at -n 2: pytest-postgresql ÷ pytest-dbbranch (default settings)",
+            other["n2"]["median_s"] / default["n2"]["median_s"],
+            3,
+            "×",
+            at_least=True,
+        )
+    rerun = result.get("rerun", {})
+    if "overhead_idle_s" in rerun:
+        add("one-test rerun, kept server: wall time over pytest alone", rerun["overhead_idle_s"], 0.15, "s")
+    return found
+
+
+def targets_markdown(found: list[dict[str, Any]]) -> list[str]:
+    if not found:
+        return []
+    lines = ["### Targets", "", "| target | this run | limit | met |", "|---|---|---|---|"]
+    for entry in found:
+        sign = "≥" if "÷ pytest-dbbranch" in entry["target"] else "≤"
+        lines.append(
+            f"| {entry['target']} | {entry['measured']:g} {entry['unit']} | {sign} {entry['limit']:g} "
+            f"{entry['unit']} | {'yes' if entry['met'] else 'no'} |"
+        )
+    return [*lines, ""]
+
+
 def markdown(result: dict[str, Any]) -> str:
     lines: list[str] = []
     machine = result["machine"]
@@ -90,6 +145,7 @@ def markdown(result: dict[str, Any]) -> str:
         "Times are median (min–max)."
     )
     lines.append("")
+    lines += targets_markdown(result.get("targets", []))
     per_test = result["per_test"]
     if per_test.get("skipped"):
         lines += ["### Per-test cost", "", str(per_test["skipped"]), ""]

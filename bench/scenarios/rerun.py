@@ -97,19 +97,24 @@ def run_rerun(
         for key in ("bare", "stop", "idle") if smoke_server is None else ():
             args, idle = variants[key]  # warm-up (template, .pyc files); the server stays up
             _run(ws, folder, args, _env(ws, embedded, idle))
-        # Interleaved, so a burst of load elsewhere on the machine hits every variant alike.
+        # The edit-run loop, bare and kept-server runs interleaved (so a burst of load
+        # elsewhere on the machine hits both alike), the server never stopped in between:
+        # a restart would hand the next run a server with cold caches, which a developer's
+        # loop never sees.
         for _ in range(reps):
-            for key, (args, idle) in variants.items():
+            for key in ("bare", "idle"):
+                args, idle = variants[key]
                 before = _postmaster(embedded)
-                env = _env(ws, embedded, idle)
-                walls[key].append(_run(ws, folder, args, env))
+                walls[key].append(_run(ws, folder, args, _env(ws, embedded, idle)))
                 if key == "idle" and before is not None and _postmaster(embedded) == before:
                     attached += 1
-                if key == "stop" and _postmaster(embedded) is not None:
+        if "stop" in variants:
+            args, idle = variants["stop"]
+            _run(ws, folder, args, _env(ws, embedded, idle))  # stops the kept server: each run starts one
+            for _ in range(reps):
+                walls["stop"].append(_run(ws, folder, args, _env(ws, embedded, idle)))
+                if _postmaster(embedded) is not None:
                     raise RuntimeError("rerun scenario: dbbranch_embedded_idle=0 left the server running")
-                if key == "stop":
-                    # The next idle run starts it: a run after 'stop' is a cold one.
-                    _run(ws, folder, variants["idle"][0], _env(ws, embedded, "600"))
     finally:
         if smoke_server is None:
             with contextlib.suppress(Exception):

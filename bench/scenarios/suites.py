@@ -108,11 +108,12 @@ def alternatives(pool: bool) -> list[Alternative]:
         ),
         Alternative(
             "db_branch_pool2",
-            "db_branch, pool 2",
+            "db_branch, pool 2 (the default up to one worker per core)",
             "db_branch",
             uses_plugin=True,
             args=(*other, POOL_OPTION, "2"),
-            description="pytest-dbbranch, function scope, two branches pre-forked in the background",
+            description="pytest-dbbranch, function scope, two branches pre-forked (and connected to) "
+            "in the background",
             skipped=None if pool else NO_POOL_NOTE,
         ),
         Alternative(
