@@ -315,4 +315,9 @@ def test_readme_performance_numbers_come_from_the_benchmark_results() -> None:
         median = results["per_test"][key]["median_ms"]
         shown = f"{median:.3g}" if median >= 1 else f"{median:.2f}"
         assert shown in section, (key, shown)
+    for target in results["targets"]:
+        row = next((line for line in section.splitlines() if line.startswith(f"| {target['target']} |")), None)
+        assert row is not None, target["target"]
+        assert f"| {target['measured']:g} {target['unit']} |" in row, (row, target)
+        assert row.rstrip().endswith("| yes |" if target["met"] else "| no |"), (row, target)
     assert (REPO / "bench" / "results.png").stat().st_size > 10_000
