@@ -334,6 +334,18 @@ class PostgresBackend:
                 )
             self._drop_now(name, is_template=bool(row[2]))
 
+    def spare_connections(self) -> int:
+        """Client connections the server still accepts (``max_connections`` less the slots
+        reserved for superusers and the connections open now): how much a warm pool may add."""
+        with self._mutex:
+            row = self._exec(
+                "SELECT current_setting('max_connections')::int"
+                " - current_setting('superuser_reserved_connections')::int"
+                " - coalesce(nullif(current_setting('reserved_connections', true), '')::int, 0)"
+                " - (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')"
+            ).fetchone()
+        return int(row[0]) if row else 0
+
     def rename(self, old: str, new: str) -> None:
         """Give a pool branch its test's name: a catalog update, nothing is copied."""
         with self._mutex:

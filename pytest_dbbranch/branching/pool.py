@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import os
 import select
 import threading
 import time
@@ -49,6 +50,8 @@ class WarmPool:
     #: Threads forking at once, each with its own server connection: a fork waits on the
     #: server (checkpoints, file copies), so two overlap where one kept tests waiting.
     THREADS = 2
+    #: Connections left free for everything else (psql, the application's own pools).
+    RESERVE = 10
 
     def __init__(
         self,
@@ -87,11 +90,33 @@ class WarmPool:
         self._serial = itertools.count()
         #: Branches being made now, by all threads.
         self._in_flight = 0
-        self._threads = [
-            threading.Thread(target=self._loop, name=f"dbbranch-pool-{template}-{i}", daemon=True)
-            for i in range(max(1, min(size, self.THREADS)))
-        ]
-        for thread in self._threads:
+        # The first thread starts the others once it knows the server has room for them.
+        self._threads = [self._thread(0)]
+        self._threads[0].start()
+
+    def _thread(self, index: int) -> threading.Thread:
+        name = f"dbbranch-pool-{self.template}-{index}"
+        return threading.Thread(target=self._loop, args=(index == 0,), name=name, daemon=True)
+
+    def _fit_to_server(self, backend: Backend) -> None:
+        """Each worker's pool adds a forking thread and ``size`` waiting sessions to the
+        server's connections (7 a worker in all, against 4 without the pool's extras): where
+        ``max_connections`` leaves less room than every worker needs, keep one thread and
+        open no connection ahead, rather than have a test's own connection refused."""
+        spare_connections = getattr(backend, "spare_connections", None)
+        spare = spare_connections() if spare_connections is not None else None
+        workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+        extra = self.THREADS - 1 + self.size
+        if spare is not None and spare < workers * extra + self.RESERVE:
+            self.preconnect = False
+            log.info("pytest-dbbranch: %s spare connections: the warm pool opens none ahead", spare)
+            return
+        with self._cond:
+            if self._stopping:
+                return
+            more = [self._thread(i) for i in range(1, max(1, min(self.size, self.THREADS)))]
+            self._threads += more
+        for thread in more:
             thread.start()
 
     def take(self) -> Ready | None:
@@ -121,7 +146,9 @@ class WarmPool:
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-        for thread in self._threads:
+        with self._cond:
+            threads = list(self._threads)
+        for thread in threads:
             thread.join(timeout=60)
         with self._cond:
             leftovers = list(self._ready)
@@ -142,11 +169,13 @@ class WarmPool:
         wanted = self._wanted() if self._wanted is not None else None
         return self.size if wanted is None else max(0, min(self.size, wanted))
 
-    def _loop(self) -> None:
+    def _loop(self, first: bool) -> None:
         try:
             backend = self._make_backend()
             with self._cond:
                 self._backends.append(backend)
+            if first:
+                self._fit_to_server(backend)
             while True:
                 with self._cond:
                     while not self._stopping and len(self._ready) + self._in_flight >= self._target():

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import psycopg
+
 from pytest_dbbranch.backends import Backend, Tag
 from pytest_dbbranch.branching.pool import WarmPool
 from pytest_dbbranch.branching.stats import Stats
@@ -189,3 +191,22 @@ def test_no_branch_is_forked_ahead_for_a_test_that_will_not_come(make_manager: M
     once.release(once.create(node_id="t::test_only"))
     assert once._pools == {}
     assert (once.stats.branches_created, once.stats.pool_hits + once.stats.pool_misses) == (1, 0)
+
+
+def test_the_server_says_how_many_connections_it_has_left(make_manager: MakeManager) -> None:
+    """What the warm pool sizes itself by: ``max_connections`` less the reserved slots and
+    the sessions open now, so three more sessions leave three fewer."""
+    backend = make_manager().backend()
+    seen = []
+    for _attempt in range(10):  # other tests on this server connect too: find a quiet moment
+        before = backend.spare_connections()  # type: ignore[attr-defined]
+        assert 0 < before < 300  # the embedded server allows 300, and this test holds some
+        extra = [psycopg.connect(backend.address("postgres").conninfo()) for _ in range(3)]
+        try:
+            seen.append(before - backend.spare_connections())  # type: ignore[attr-defined]
+        finally:
+            for conn in extra:
+                conn.close()
+        if seen[-1] == 3:
+            break
+    assert seen[-1] == 3, seen

@@ -316,7 +316,8 @@ def test_readme_performance_numbers_come_from_the_benchmark_results() -> None:
         shown = f"{median:.3g}" if median >= 1 else f"{median:.2f}"
         assert shown in section, (key, shown)
     for target in results["targets"]:
-        row = next((line for line in section.splitlines() if line.startswith(f"| {target['target']} |")), None)
+        start = f"| {target['target']} |"
+        row = next((line for line in section.splitlines() if line.startswith(start)), None)
         assert row is not None, target["target"]
         assert f"| {target['measured']:g} {target['unit']} |" in row, (row, target)
         assert row.rstrip().endswith("| yes |" if target["met"] else "| no |"), (row, target)

@@ -10,6 +10,8 @@ import threading
 import time
 from typing import Any
 
+import pytest
+
 from pytest_dbbranch.branching.pool import BackgroundDrops, WarmPool
 from pytest_dbbranch.branching.stats import Stats
 
@@ -132,3 +134,42 @@ def test_pool_forks_no_branch_no_test_will_take() -> None:
     finally:
         pool.close()
     assert backend.dropped == []
+
+
+class TightServer(RecordingBackend):
+    """A server with ``spare`` client connections left."""
+
+    def __init__(self, spare: int) -> None:
+        super().__init__()
+        self.spare = spare
+
+    def spare_connections(self) -> int:
+        return self.spare
+
+
+def test_pool_opens_no_connections_ahead_where_the_server_has_no_room(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two forkers and two waiting sessions per worker would take 16 connections at -n 4:
+    with 20 spare (10 kept for everything else) the pool keeps one thread and opens none."""
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "4")
+    for spare, threads, preconnect in ((20, 1, False), (200, 2, True)):
+        backend = TightServer(spare)
+        pool = WarmPool(
+            backend.sibling,  # type: ignore[arg-type]
+            template="dbbt-t",
+            fingerprint="f",
+            size=2,
+            run_id="r",
+            worker_id=None,
+            stats=Stats(),
+            preconnect=True,
+        )
+        try:
+            deadline = time.monotonic() + 10
+            while len(backend.forked) < 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert len(pool._threads) == threads, spare
+            assert pool.preconnect is preconnect, spare
+        finally:
+            pool.close()
