@@ -114,8 +114,8 @@ def test_a_one_test_run_forks_one_branch(
 ) -> None:
     """The plugin counts the function-scope branches the collected tests ask for, and the
     warm pool forks none ahead that no test will take: a one-test rerun (the edit-run loop)
-    forks, and drops, exactly one. Two tests: the second branch may come from the pool, and
-    nothing more is forked."""
+    forks, and drops, exactly one. Two tests: the pool forks one branch ahead, for the
+    second test (which forks its own if that one is not ready in time), and no more."""
     write_tests(
         pytester,
         "test_one",
@@ -144,5 +144,6 @@ def test_a_one_test_run_forks_one_branch(
     )
     result = run_inner(pytester, url, "-p", "no:randomly", "--dbbranch-pool-size", "2")
     result.assert_outcomes(passed=3)
-    assert summary_counts(result) == (2, 2, 0)
+    created, dropped, _kept = summary_counts(result)
+    assert created in (2, 3) and dropped == created, "forked more than one branch ahead"
     assert our_branches(url) == []
