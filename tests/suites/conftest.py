@@ -16,6 +16,15 @@ def _server_stops_with_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(autouse=True)
+def _not_an_xdist_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An inner run is a pytest run of its own: it must not see this worker's xdist variables
+    (the warm pool sizes itself by the worker count: with -n 3 outside, an inner run without
+    -n took itself for one of three workers on two cores and ran without a pool)."""
+    for name in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(autouse=True)
 def _clean_server(embedded_url: str) -> None:
     """Each inner run starts from a server with nothing of ours on it."""
     drop_ours(embedded_url)
