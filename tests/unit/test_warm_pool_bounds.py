@@ -10,6 +10,7 @@ import threading
 import time
 from typing import Any
 
+import psycopg
 import pytest
 
 from pytest_dbbranch.branching.pool import BackgroundDrops, WarmPool
@@ -43,6 +44,23 @@ class RecordingBackend:
 
     def close(self) -> None:
         pass
+
+    def address(self, name: str) -> Any:
+        raise psycopg.OperationalError("a double has no server to connect to")
+
+
+def pool_for(backend: RecordingBackend, **overrides: Any) -> WarmPool:
+    """A pool of two on the double (whose forks and drops are instant)."""
+    options: dict[str, Any] = {
+        "template": "dbbt-t",
+        "fingerprint": "f",
+        "size": 2,
+        "run_id": "r",
+        "worker_id": None,
+        "stats": Stats(),
+        "preconnect": False,
+    }
+    return WarmPool(backend.sibling, **{**options, **overrides})  # type: ignore[arg-type]
 
 
 def settle(pool: WarmPool, count: int) -> None:
@@ -82,16 +100,7 @@ def test_a_closed_drop_queue_leaves_the_drop_to_the_caller() -> None:
 
 def test_pool_never_forks_more_than_its_size_with_two_threads() -> None:
     backend = RecordingBackend()
-    pool = WarmPool(
-        backend.sibling,  # type: ignore[arg-type]  # a double of the Backend protocol
-        template="dbbt-t",
-        fingerprint="f",
-        size=2,
-        run_id="r",
-        worker_id=None,
-        stats=Stats(),
-        preconnect=False,  # the double has no server to connect to
-    )
+    pool = pool_for(backend)
     try:
         settle(pool, 2)
         time.sleep(0.05)
@@ -111,17 +120,7 @@ def test_pool_forks_no_branch_no_test_will_take() -> None:
     none it forks nothing more (the end of every run, and a one-test rerun)."""
     backend = RecordingBackend()
     left = [1]
-    pool = WarmPool(
-        backend.sibling,  # type: ignore[arg-type]
-        template="dbbt-t",
-        fingerprint="f",
-        size=2,
-        run_id="r",
-        worker_id=None,
-        stats=Stats(),
-        wanted=lambda: left[0],
-        preconnect=False,
-    )
+    pool = pool_for(backend, wanted=lambda: left[0])
     try:
         settle(pool, 1)
         time.sleep(0.05)
@@ -155,16 +154,7 @@ def test_pool_opens_no_connections_ahead_where_the_server_has_no_room(
     monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "4")
     for spare, threads, preconnect in ((20, 1, False), (200, 2, True)):
         backend = TightServer(spare)
-        pool = WarmPool(
-            backend.sibling,  # type: ignore[arg-type]
-            template="dbbt-t",
-            fingerprint="f",
-            size=2,
-            run_id="r",
-            worker_id=None,
-            stats=Stats(),
-            preconnect=True,
-        )
+        pool = pool_for(backend, preconnect=True)  # its connects fail: nothing is opened
         try:
             deadline = time.monotonic() + 10
             while len(backend.forked) < 1 and time.monotonic() < deadline:
