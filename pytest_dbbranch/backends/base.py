@@ -159,6 +159,10 @@ class Backend(Protocol):
     def rename(self, old: str, new: str) -> None:
         """Give a branch a new name (only where ``warm_pool`` is true)."""
 
+    def spare_connections(self) -> int | None:
+        """Client connections the server still accepts, None where unknown (only where
+        ``warm_pool`` is true: the warm pool sizes itself by it)."""
+
     def retag(self, name: str, tag: Tag) -> None:
         """Replace the tag (for example to mark a branch kept)."""
 

@@ -334,7 +334,7 @@ class PostgresBackend:
                 )
             self._drop_now(name, is_template=bool(row[2]))
 
-    def spare_connections(self) -> int:
+    def spare_connections(self) -> int | None:
         """Client connections the server still accepts (``max_connections`` less the slots
         reserved for superusers and the connections open now): how much a warm pool may add."""
         with self._mutex:

@@ -120,7 +120,7 @@ class Branch:
         try:
             # Is the whole server gone? The backend then says so, with when and why (and a
             # stopped run fails its remaining tests at once) rather than this branch alone.
-            self.backend.exists(self.name)
+            self.backend.describe(self.name)  # every backend has it (Lakebase's own branches too)
         except DbBranchError as lost:
             raise lost from None
         raise error from None

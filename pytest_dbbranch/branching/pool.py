@@ -103,8 +103,7 @@ class WarmPool:
         server's connections (7 a worker in all, against 4 without the pool's extras): where
         ``max_connections`` leaves less room than every worker needs, keep one thread and
         open no connection ahead, rather than have a test's own connection refused."""
-        spare_connections = getattr(backend, "spare_connections", None)
-        spare = spare_connections() if spare_connections is not None else None
+        spare = backend.spare_connections()
         workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
         extra = self.THREADS - 1 + self.size
         if spare is not None and spare < workers * extra + self.RESERVE:
@@ -273,86 +272,65 @@ class BackgroundDrops:
 
 
 class _DropQueue:
-    #: Threads dropping at once, each with its own connection (measured at -n 2 on 2 cores:
-    #: a second one made no difference the noise did not hide, and cost a connection).
-    THREADS = 1
-
     def __init__(self, make_backend: Callable[[], Backend], stats: Stats, limit: int) -> None:
         self._make_backend = make_backend
-        self._backends: list[Backend] = []
+        self._backend: Backend | None = None
         self._stats = stats
         self._limit = limit
         self._names: deque[str] = deque()
         self._busy = 0
         self._cond = threading.Condition()
         self._stopping = False
-        self._starting = self.THREADS
-        self._threads = [
-            threading.Thread(target=self._loop, name=f"dbbranch-drops-{i}", daemon=True)
-            for i in range(self.THREADS)
-        ]
-        for thread in self._threads:
-            thread.start()
+        self._failed: BaseException | None = None
+        self._thread = threading.Thread(target=self._loop, name="dbbranch-drops", daemon=True)
+        self._thread.start()
 
     def put(self, name: str) -> bool:
         with self._cond:
-            dead = not self._backends and not self._starting
-            if self._stopping or dead or len(self._names) + self._busy >= self._limit:
+            if self._stopping or self._failed is not None or len(self._names) + self._busy >= self._limit:
                 return False
             self._names.append(name)
             self._cond.notify_all()
             return True
 
     def close(self) -> None:
-        """Drop what is queued, then stop the threads and close their connections."""
+        """Drop what is queued, then stop the thread and close its connection."""
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-        for thread in self._threads:
-            thread.join(timeout=120)
-        with self._cond:
-            leftovers = list(self._names)
-            self._names.clear()
-            backends = list(self._backends)
-            self._backends.clear()
-        for backend in backends:  # a thread that timed out: finish on this thread
-            _drop_and_close(backend, leftovers, self._stats, "could not drop")
-            leftovers = []
+        self._thread.join(timeout=120)
+        leftovers = list(self._names)
+        self._names.clear()
+        if self._backend is not None:  # the thread failed: finish on this thread
+            _drop_and_close(self._backend, leftovers, self._stats, "could not drop")
 
     def _loop(self) -> None:
         try:
-            backend = self._make_backend()
-        except BaseException as exc:  # no connection: the callers drop on their own
-            with self._cond:
-                self._starting -= 1
-                if not self._backends and not self._starting:
-                    self._names.clear()  # the run's reaper finds them: they carry its tag
-                    log.warning("pytest-dbbranch: background drops stopped: %s", exc)
-            return
-        with self._cond:
-            self._starting -= 1
-            self._backends.append(backend)
-        while True:
-            with self._cond:
-                while not self._names and not self._stopping:
-                    self._cond.wait()
-                if not self._names:
-                    self._backends.remove(backend)
-                    break  # stopping, and everything is dropped
-                name = self._names.popleft()
-                self._busy += 1
-            started = time.perf_counter()
-            try:
-                backend.drop(name)
-            except Exception as exc:  # left for the reaper, as a failed teardown would be
-                log.warning("pytest-dbbranch: could not drop %s: %s", name, exc)
-            else:
-                self._stats.increment("branches_dropped")
-                self._stats.add_seconds("drop_seconds", time.perf_counter() - started)
-            finally:
+            self._backend = self._make_backend()
+            while True:
                 with self._cond:
-                    self._busy -= 1
-        backend.close()
+                    while not self._names and not self._stopping:
+                        self._cond.wait()
+                    if not self._names:
+                        return  # stopping, and everything is dropped
+                    name = self._names.popleft()
+                    self._busy = 1
+                started = time.perf_counter()
+                try:
+                    self._backend.drop(name)
+                except Exception as exc:  # left for the reaper, as a failed teardown would be
+                    log.warning("pytest-dbbranch: could not drop %s: %s", name, exc)
+                else:
+                    self._stats.increment("branches_dropped")
+                    self._stats.add_seconds("drop_seconds", time.perf_counter() - started)
+                finally:
+                    with self._cond:
+                        self._busy = 0
+        except BaseException as exc:  # no connection: the callers drop on their own from now on
+            with self._cond:
+                self._failed = exc
+                self._names.clear()  # the run's reaper finds them: they carry its tag
+            log.warning("pytest-dbbranch: background drops stopped: %s", exc)
 
 
 def _drop_and_close(backend: Backend, names: Iterable[str], stats: Stats, failure: str) -> None:

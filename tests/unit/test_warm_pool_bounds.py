@@ -45,6 +45,9 @@ class RecordingBackend:
     def close(self) -> None:
         pass
 
+    def spare_connections(self) -> int | None:
+        return None  # unknown: the pool takes its full size
+
     def address(self, name: str) -> Any:
         raise psycopg.OperationalError("a double has no server to connect to")
 
